@@ -1,0 +1,339 @@
+//! Every `unsafe` operation of the crate, each behind a small safe function, and [`RealOs`], the
+//! real implementation of the master's [`Os`] interface.
+//!
+//! Contract: the master runs no thread besides its main one whenever it forks (the crate starts
+//! none, and [`App`](crate::App) implementations must not start any in the master), so a forked
+//! child is a complete, consistent copy of the master.
+
+use std::io;
+use std::mem::ManuallyDrop;
+use std::net::TcpListener;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::mman::{MapFlags, ProtFlags};
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockaddrLike, SockaddrStorage};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::master::{Exit, MasterSignal, Os};
+use crate::notify::Notifier;
+use crate::worker::{self, Slot, WorkerHandle};
+
+/// Time on `CLOCK_MONOTONIC`, which every process of the machine shares: workers write heartbeats
+/// with it and the master compares them with its own reading.
+pub(crate) fn monotonic() -> Duration {
+    // CLOCK_MONOTONIC cannot fail on Linux; zero only makes a heartbeat look old.
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(Duration::from).unwrap_or_default()
+}
+
+/// Words of memory: either an anonymous shared mapping (inherited by children forked after it
+/// was made, so they and the master see the same words) or ordinary private memory.
+pub(crate) struct SharedMem {
+    ptr: NonNull<AtomicU64>,
+    len: usize,
+    mapped: bool,
+}
+
+// SAFETY: `SharedMem` owns its words like a `Box<[AtomicU64]>` and only lends shared references
+// to atomics, which may be used from any thread.
+unsafe impl Send for SharedMem {}
+// SAFETY: as above: all access goes through `&AtomicU64`.
+unsafe impl Sync for SharedMem {}
+
+impl SharedMem {
+    /// `len` zeroed words in a `MAP_SHARED | MAP_ANONYMOUS` mapping.
+    pub(crate) fn shared(len: usize) -> io::Result<SharedMem> {
+        let bytes = len
+            .checked_mul(size_of::<AtomicU64>())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "shared memory size overflows"))?;
+        let Some(bytes) = NonZeroUsize::new(bytes) else {
+            return Ok(SharedMem::private(0));
+        };
+        // SAFETY: a new anonymous mapping aliases no memory of this process; the kernel fills it
+        // with zero bytes, which are valid `AtomicU64`s, and page alignment satisfies theirs.
+        let ptr = unsafe {
+            nix::sys::mman::mmap_anonymous(
+                None,
+                bytes,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )
+        }?;
+        Ok(SharedMem { ptr: ptr.cast(), len, mapped: true })
+    }
+
+    /// `len` zeroed words of private memory (one process, tests).
+    pub(crate) fn private(len: usize) -> SharedMem {
+        let words: Box<[AtomicU64]> = (0..len).map(|_| AtomicU64::new(0)).collect();
+        let ptr = NonNull::from(Box::leak(words)).cast::<AtomicU64>();
+        SharedMem { ptr, len, mapped: false }
+    }
+
+    pub(crate) fn words(&self) -> &[AtomicU64] {
+        // SAFETY: `ptr` points to `len` initialised words owned by `self`, alive while it is.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Keep the memory for the rest of the process.
+    pub(crate) fn leak(self) -> &'static [AtomicU64] {
+        let kept = ManuallyDrop::new(self);
+        // SAFETY: `Drop` never runs for `kept`, so the words are never unmapped or freed.
+        unsafe { std::slice::from_raw_parts(kept.ptr.as_ptr(), kept.len) }
+    }
+}
+
+impl Drop for SharedMem {
+    fn drop(&mut self) {
+        if self.mapped {
+            // SAFETY: the mapping was made by `shared` with this length, and no reference into it
+            // outlives `self` (`words` borrows `self`).
+            let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len * size_of::<AtomicU64>()) };
+        } else {
+            let slice = std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len);
+            // SAFETY: `ptr` and `len` come from `Box::leak` of a `Box<[AtomicU64]>` in `private`.
+            drop(unsafe { Box::from_raw(slice) });
+        }
+    }
+}
+
+/// The signals the master acts on.
+const MASTER_SIGNALS: [Signal; 8] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGUSR1,
+];
+
+/// Signals received by the master and not yet taken, counted per signal number.
+static PENDING: [AtomicU32; 32] = [const { AtomicU32::new(0) }; 32];
+/// Write end of the master's wake pipe, or -1.
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// The master's handler: count the signal and wake the loop; nothing else.
+extern "C" fn queue_master_signal(signo: libc::c_int) {
+    let saved = Errno::last_raw();
+    if let Some(count) = usize::try_from(signo).ok().and_then(|i| PENDING.get(i)) {
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+    let fd = WAKE_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: write(2) is async-signal-safe and the buffer is a valid static byte; the pipe is
+        // non-blocking, so a full pipe returns EAGAIN (the loop is awake anyway).
+        unsafe { libc::write(fd, b"s".as_ptr().cast(), 1) };
+    }
+    Errno::set_raw(saved);
+}
+
+fn set_disposition(signal: Signal, handler: SigHandler, flags: SaFlags) -> io::Result<()> {
+    let action = SigAction::new(handler, flags, SigSet::empty());
+    // SAFETY: the handlers used here are SIG_DFL, SIG_IGN or `queue_master_signal`, which only
+    // touches atomics and calls write(2), all async-signal-safe.
+    unsafe { signal::sigaction(signal, &action) }?;
+    Ok(())
+}
+
+/// In a freshly forked worker: forget the master's handlers. Stop, log and reload signals get
+/// their worker meaning later; terminal and scaling signals are the master's business.
+fn reset_signals_in_worker() -> io::Result<()> {
+    WAKE_FD.store(-1, Ordering::Relaxed);
+    for signal in MASTER_SIGNALS {
+        set_disposition(signal, SigHandler::SigDfl, SaFlags::empty())?;
+    }
+    for signal in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGTTIN, Signal::SIGTTOU] {
+        set_disposition(signal, SigHandler::SigIgn, SaFlags::empty())?;
+    }
+    Ok(())
+}
+
+/// Set the signal mask of the calling thread.
+pub(crate) fn set_signal_mask(mask: &SigSet) -> io::Result<()> {
+    signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(mask), None)?;
+    Ok(())
+}
+
+/// Take over a socket inherited from systemd (`LISTEN_FDS`) as a listener.
+pub(crate) fn inherited_listener(fd: RawFd) -> io::Result<TcpListener> {
+    let invalid =
+        |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("inherited fd {fd}: {what}"));
+    // SAFETY: F_GETFD reads descriptor flags and touches no memory; it fails with EBADF if `fd`
+    // is not open, which is what this checks before taking ownership.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(invalid("not an open file descriptor"));
+    }
+    // SAFETY: the fd is open and systemd passed it to this process to own; the caller removed
+    // LISTEN_FDS from the environment, so it is taken only once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    fcntl(owned.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    if socket::getsockopt(&owned, sockopt::SockType).ok() != Some(socket::SockType::Stream) {
+        return Err(invalid("not a stream socket"));
+    }
+    let local: SockaddrStorage = socket::getsockname(owned.as_raw_fd())?;
+    if !matches!(local.family(), Some(AddressFamily::Inet | AddressFamily::Inet6)) {
+        return Err(invalid("not an IPv4 or IPv6 socket"));
+    }
+    if !socket::getsockopt(&owned, sockopt::AcceptConn)? {
+        return Err(invalid("not listening"));
+    }
+    Ok(TcpListener::from(owned))
+}
+
+/// The real operating system behind the master's state machine.
+pub(crate) struct RealOs {
+    wake_read: OwnedFd,
+    wake_write: OwnedFd,
+    notifier: Option<Notifier>,
+    master_pid: Pid,
+}
+
+impl RealOs {
+    /// Create the wake pipe and install the master's signal handlers.
+    pub(crate) fn new(notifier: Option<Notifier>) -> io::Result<RealOs> {
+        let (wake_read, wake_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        WAKE_FD.store(wake_write.as_raw_fd(), Ordering::Relaxed);
+        for signal in MASTER_SIGNALS {
+            set_disposition(
+                signal,
+                SigHandler::Handler(queue_master_signal),
+                SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
+            )?;
+        }
+        Ok(RealOs { wake_read, wake_write, notifier, master_pid: nix::unistd::getpid() })
+    }
+
+    fn drain_wake_pipe(&self) {
+        let mut buf = [0u8; 256];
+        while matches!(nix::unistd::read(&self.wake_read, &mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+impl Drop for RealOs {
+    fn drop(&mut self) {
+        for signal in MASTER_SIGNALS {
+            let _ = set_disposition(signal, SigHandler::SigDfl, SaFlags::empty());
+        }
+        WAKE_FD.store(-1, Ordering::Relaxed);
+    }
+}
+
+fn master_signal(signal: Signal) -> Option<MasterSignal> {
+    Some(match signal {
+        Signal::SIGCHLD => MasterSignal::Child,
+        Signal::SIGTERM => MasterSignal::Terminate,
+        Signal::SIGINT => MasterSignal::Interrupt,
+        Signal::SIGQUIT => MasterSignal::Quit,
+        Signal::SIGHUP => MasterSignal::Hangup,
+        Signal::SIGTTIN => MasterSignal::MoreWorkers,
+        Signal::SIGTTOU => MasterSignal::FewerWorkers,
+        Signal::SIGUSR1 => MasterSignal::ReopenLogs,
+        _ => return None,
+    })
+}
+
+/// More of one signal than this between two loop turns are taken as this many.
+const MAX_QUEUED_PER_SIGNAL: u32 = 16;
+
+impl Os for RealOs {
+    fn now(&self) -> Duration {
+        monotonic()
+    }
+
+    fn new_slot(&mut self, words: usize) -> io::Result<Slot> {
+        Ok(Slot::new(SharedMem::shared(words)?))
+    }
+
+    fn fork_worker(
+        &mut self,
+        slot: &Slot,
+        child: &mut dyn FnMut(io::Result<WorkerHandle>) -> i32,
+    ) -> io::Result<i32> {
+        let wake = self.wake_write.try_clone()?;
+        // Block every signal across fork so the child cannot run a master handler before it has
+        // reset them; it restores this mask once its own handling is in place.
+        let mut mask = SigSet::empty();
+        signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut mask))?;
+        // SAFETY: per the module contract the master has no other thread, so the child is a
+        // consistent copy (no lock held elsewhere); the child runs its worker and leaves through
+        // `process::exit` without ever returning into the master's code.
+        let forked = unsafe { nix::unistd::fork() };
+        if let Ok(ForkResult::Child) = forked {
+            let handle = reset_signals_in_worker()
+                .and_then(|()| worker::enter_child(slot.clone(), self.master_pid, wake, &mask));
+            let code = worker::run_guarded(slot, || child(handle));
+            std::process::exit(code);
+        }
+        let restored = set_signal_mask(&mask);
+        drop(wake);
+        let ForkResult::Parent { child } = forked? else {
+            unreachable!("the child branch exits above");
+        };
+        restored?;
+        Ok(child.as_raw())
+    }
+
+    fn kill(&mut self, pid: i32, signal: Signal) {
+        // Never signal a group or every process by mistake.
+        if pid > 0 {
+            let _ = signal::kill(Pid::from_raw(pid), signal);
+        }
+    }
+
+    fn reap(&mut self) -> Option<(i32, Exit)> {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => return Some((pid.as_raw(), Exit::Code(code))),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    return Some((pid.as_raw(), Exit::Signal(signal as i32)));
+                }
+                Ok(WaitStatus::StillAlive) => return None,
+                // Stopped or continued: not an exit.
+                Ok(_) | Err(Errno::EINTR) => continue,
+                // ECHILD: no child left.
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn wait(&mut self, until: Duration) -> Vec<MasterSignal> {
+        let left = until.saturating_sub(self.now());
+        // Round up: waking a little late is harmless, waking early spins.
+        let millis = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(self.wake_read.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
+        // EINTR just means a signal arrived; it is collected below.
+        let _ = nix::poll::poll(&mut fds, timeout);
+        self.drain_wake_pipe();
+        let mut signals = Vec::new();
+        for signal in MASTER_SIGNALS {
+            let count = PENDING[signal as usize].swap(0, Ordering::Relaxed).min(MAX_QUEUED_PER_SIGNAL);
+            if let Some(what) = master_signal(signal) {
+                signals.extend((0..count).map(|_| what));
+            }
+        }
+        signals
+    }
+
+    fn notify(&mut self, state: &str) {
+        if let Some(notifier) = &self.notifier {
+            let _ = notifier.send(state);
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(self.now().as_nanos());
+        hasher.finish()
+    }
+}

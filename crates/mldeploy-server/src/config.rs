@@ -1,0 +1,542 @@
+//! Settings: defaults < config file (TOML) < environment < command-line flags.
+//!
+//! Every setting has one key. The same key names the TOML entry (in its section), the
+//! environment variable `MLDEPLOY_<KEY>` (upper case) and the flag `--<key>` (with dashes).
+//! ml-deploy's environment names are accepted too (`KAFKA_BROKER`, `APP_DEBUG`, `LOG_LEVEL`,
+//! `GUNICORN_ACCESS_LOG`, `GUNICORN_WORKERS`, `GUNICORN_THREAD`, ...). A bad value is refused at
+//! start with a message naming the setting and the accepted values.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Every setting of the server, with its default. `configs/mldeploy.toml` documents the same
+/// keys in the file's form.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// `[server]`: processes, sockets and limits.
+    pub server: ServerSettings,
+    /// `[http]`: routes and HTTP behaviour.
+    pub http: HttpSection,
+    /// `[log]`: logging.
+    pub log: LogSettings,
+    /// `[kafka]`: metric events.
+    pub kafka: KafkaSettings,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsSection,
+}
+
+/// `[server]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// The model package directory (or what a custom loader takes); absent: the built-in model.
+    pub model: Option<PathBuf>,
+    /// Addresses to listen on (`HOST:PORT`, IPv4 or `[IPv6]:PORT`). Ignored under systemd socket
+    /// activation.
+    pub bind: Vec<String>,
+    /// If set, replaces the port of every `bind` address (ml-deploy's `--http-port`).
+    pub http_port: Option<u16>,
+    /// Worker processes.
+    pub workers: usize,
+    /// Serving threads per worker: how many model calls one worker runs at once.
+    pub threads: usize,
+    /// Seconds a model call (or a worker's heartbeat) may hang before the worker is killed and
+    /// replaced; 0 turns the watch off.
+    pub timeout: u64,
+    /// Seconds a graceful stop or reload may take before what is left is killed.
+    pub graceful_timeout: u64,
+    /// Seconds an idle keep-alive connection stays open.
+    pub keepalive: u64,
+    /// Seconds a client has to send a request's head and body (408 after).
+    pub request_timeout: u64,
+    /// Requests a worker serves before it is replaced (0 = never).
+    pub max_requests: u64,
+    /// Up to this many requests are added at random to `max_requests` per worker, so workers
+    /// do not all retire at once.
+    pub max_requests_jitter: u64,
+    /// Largest request body in bytes (413 above).
+    pub max_body: usize,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// File to write the master's PID to; removed at exit.
+    pub pidfile: Option<PathBuf>,
+    /// User to switch to after binding.
+    pub user: Option<String>,
+    /// Group to switch to after binding.
+    pub group: Option<String>,
+    /// Serve in one process without forking (development), as ml-deploy's `--app-debug`.
+    pub app_debug: bool,
+}
+
+/// `[http]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// Prefix of the model routes: `{prefix}/predict`, `{prefix}/feedback`, `{prefix}/metadata`.
+    pub api_prefix: String,
+    /// Origins allowed by CORS; `*` allows every origin (ml-deploy's behaviour).
+    pub cors_origins: Vec<String>,
+}
+
+/// `[log]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `debug`, `info`, `warning` or `error`.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Write an access-log line per request (gunicorn-like fields).
+    pub access_log: bool,
+    /// Where access-log lines go; absent: standard output. Reopened on SIGUSR1.
+    pub access_log_file: Option<PathBuf>,
+}
+
+/// `[kafka]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list; events are off when unset.
+    pub kafka_broker: Option<String>,
+    /// Events waiting for the producer thread, per worker; when full, new events are dropped
+    /// and counted.
+    pub event_queue: usize,
+    /// Topic of predict events.
+    pub predict_topic: String,
+    /// Topic of feedback events.
+    pub feedback_topic: String,
+    /// librdkafka `client.id`.
+    pub kafka_client_id: String,
+    /// librdkafka `acks`: `0`, `1` or `all`.
+    pub kafka_acks: String,
+    /// librdkafka `linger.ms`: how long to batch messages.
+    pub kafka_linger_ms: u64,
+    /// librdkafka `compression.type`: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    pub kafka_compression: String,
+    /// librdkafka `message.timeout.ms`: a message not delivered by then counts as failed.
+    pub kafka_message_timeout_ms: u64,
+    /// Extra librdkafka settings as `KEY=VALUE` (TLS, SASL, ...).
+    pub kafka_option: Vec<String>,
+}
+
+/// `[metrics]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Label sets per metric family before new ones fold into one overflow series.
+    pub max_series: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            model: None,
+            bind: vec!["127.0.0.1:5000".into()],
+            http_port: None,
+            workers: 1,
+            threads: 1,
+            timeout: 30,
+            graceful_timeout: 30,
+            keepalive: 2,
+            request_timeout: 30,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_body: 10 * 1024 * 1024,
+            backlog: 2048,
+            pidfile: None,
+            user: None,
+            group: None,
+            app_debug: false,
+        }
+    }
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self { api_prefix: "/api/ml".into(), cors_origins: vec!["*".into()] }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { log_level: "info".into(), log_format: "text".into(), access_log: false, access_log_file: None }
+    }
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            kafka_broker: None,
+            event_queue: 10_000,
+            predict_topic: "predict".into(),
+            feedback_topic: "feedback".into(),
+            kafka_client_id: "mldeploy".into(),
+            kafka_acks: "1".into(),
+            kafka_linger_ms: 5,
+            kafka_compression: "none".into(),
+            kafka_message_timeout_ms: 30_000,
+            kafka_option: Vec::new(),
+        }
+    }
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self { max_series: 512 }
+    }
+}
+
+/// Why the settings were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// ml-deploy's environment names and the keys they set.
+const LEGACY_ENV: &[(&str, &str)] = &[
+    ("KAFKA_BROKER", "kafka_broker"),
+    ("APP_DEBUG", "app_debug"),
+    ("LOG_LEVEL", "log_level"),
+    ("GUNICORN_ACCESS_LOG", "access_log"),
+    ("GUNICORN_WORKERS", "workers"),
+    ("GUNICORN_THREAD", "threads"),
+    ("GUNICORN_THREADS", "threads"),
+    ("GUNICORN_WORKER_CLASS", "worker_class"),
+];
+
+/// Every key `set` accepts, for the environment scan and error messages.
+pub const KEYS: &[&str] = &[
+    "model",
+    "bind",
+    "http_port",
+    "workers",
+    "threads",
+    "timeout",
+    "graceful_timeout",
+    "keepalive",
+    "request_timeout",
+    "max_requests",
+    "max_requests_jitter",
+    "max_body",
+    "backlog",
+    "pidfile",
+    "user",
+    "group",
+    "app_debug",
+    "api_prefix",
+    "cors_origins",
+    "log_level",
+    "log_format",
+    "access_log",
+    "access_log_file",
+    "kafka_broker",
+    "event_queue",
+    "predict_topic",
+    "feedback_topic",
+    "kafka_client_id",
+    "kafka_acks",
+    "kafka_linger_ms",
+    "kafka_compression",
+    "kafka_message_timeout_ms",
+    "kafka_option",
+    "max_series",
+    "worker_class",
+];
+
+fn parse_num<T: std::str::FromStr>(key: &str, value: &str, what: &str) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError(format!("invalid value {value:?} for {key}: expected {what}")))
+}
+
+/// ml-deploy's true values are 1, true and t; we also take yes/on, and their opposites.
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "t" | "yes" | "y" | "on" => Ok(true),
+        "0" | "false" | "f" | "no" | "n" | "off" | "" => Ok(false),
+        _ => Err(ConfigError(format!(
+            "invalid value {value:?} for {key}: expected one of 1, true, t, 0, false, f"
+        ))),
+    }
+}
+
+fn list(value: &str) -> Vec<String> {
+    value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+impl Settings {
+    /// Read a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+    }
+
+    /// Set one key from text (environment or flag). Lists (`bind`, `cors_origins`,
+    /// `kafka_option`) replace the whole list; `bind` and `cors_origins` take commas.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let s = &mut self.server;
+        match key {
+            "model" => s.model = Some(PathBuf::from(value)),
+            "bind" => s.bind = list(value),
+            "http_port" => s.http_port = Some(parse_num(key, value, "a port number 1-65535")?),
+            "workers" => s.workers = parse_num(key, value, "a whole number >= 1")?,
+            "threads" => s.threads = parse_num(key, value, "a whole number >= 1")?,
+            "timeout" => s.timeout = parse_num(key, value, "seconds (0 = off)")?,
+            "graceful_timeout" => s.graceful_timeout = parse_num(key, value, "seconds")?,
+            "keepalive" => s.keepalive = parse_num(key, value, "seconds")?,
+            "request_timeout" => s.request_timeout = parse_num(key, value, "seconds")?,
+            "max_requests" => s.max_requests = parse_num(key, value, "a whole number (0 = never)")?,
+            "max_requests_jitter" => s.max_requests_jitter = parse_num(key, value, "a whole number")?,
+            "max_body" => s.max_body = parse_num(key, value, "a size in bytes")?,
+            "backlog" => s.backlog = parse_num(key, value, "a whole number")?,
+            "pidfile" => s.pidfile = Some(PathBuf::from(value)),
+            "user" => s.user = Some(value.to_string()),
+            "group" => s.group = Some(value.to_string()),
+            "app_debug" => s.app_debug = parse_bool(key, value)?,
+            "api_prefix" => self.http.api_prefix = value.to_string(),
+            "cors_origins" => self.http.cors_origins = list(value),
+            "log_level" => self.log.log_level = value.to_ascii_lowercase(),
+            "log_format" => self.log.log_format = value.to_ascii_lowercase(),
+            "access_log" => self.log.access_log = parse_bool(key, value)?,
+            "access_log_file" => self.log.access_log_file = Some(PathBuf::from(value)),
+            "kafka_broker" => self.kafka.kafka_broker = Some(value.to_string()).filter(|v| !v.trim().is_empty()),
+            "event_queue" => self.kafka.event_queue = parse_num(key, value, "a whole number >= 1")?,
+            "predict_topic" => self.kafka.predict_topic = value.to_string(),
+            "feedback_topic" => self.kafka.feedback_topic = value.to_string(),
+            "kafka_client_id" => self.kafka.kafka_client_id = value.to_string(),
+            "kafka_acks" => self.kafka.kafka_acks = value.to_string(),
+            "kafka_linger_ms" => self.kafka.kafka_linger_ms = parse_num(key, value, "milliseconds")?,
+            "kafka_compression" => self.kafka.kafka_compression = value.to_ascii_lowercase(),
+            "kafka_message_timeout_ms" => {
+                self.kafka.kafka_message_timeout_ms = parse_num(key, value, "milliseconds")?
+            }
+            "kafka_option" => self.kafka.kafka_option.push(value.to_string()),
+            "max_series" => self.metrics.max_series = parse_num(key, value, "a whole number >= 1")?,
+            // gunicorn's worker class: mldeploy has one worker type; only the names that mean
+            // "threads in a worker" are accepted so a stale setting is not silently misread.
+            "worker_class" => match value.trim() {
+                "sync" | "gthread" | "mldeploy" => {}
+                other => {
+                    return Err(ConfigError(format!(
+                        "invalid value {other:?} for worker_class: mldeploy has one worker type; accepted: sync, gthread"
+                    )))
+                }
+            },
+            other => return Err(ConfigError(format!("unknown setting {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// Apply the environment: ml-deploy's names first, then `MLDEPLOY_<KEY>` (which wins).
+    pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        for (name, key) in LEGACY_ENV {
+            if let Some(v) = env(name) {
+                self.set(key, &v).map_err(|e| ConfigError(format!("{e} (from environment {name})")))?;
+            }
+        }
+        for key in KEYS {
+            let name = format!("MLDEPLOY_{}", key.to_ascii_uppercase());
+            if let Some(v) = env(&name) {
+                if *key == "kafka_option" {
+                    self.kafka.kafka_option = list(&v);
+                    continue;
+                }
+                self.set(key, &v).map_err(|e| ConfigError(format!("{e} (from environment {name})")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Check values that parse but make no sense; resolves nothing.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        let bad = |m: String| Err(ConfigError(m));
+        if s.workers == 0 {
+            return bad("invalid value 0 for workers: expected a whole number >= 1".into());
+        }
+        if s.threads == 0 || s.threads > 256 {
+            return bad(format!("invalid value {} for threads: expected 1 to 256", s.threads));
+        }
+        if s.bind.is_empty() {
+            return bad("bind: at least one address is needed".into());
+        }
+        self.bind_addrs()?;
+        if s.max_body == 0 {
+            return bad("invalid value 0 for max_body: expected a size in bytes >= 1".into());
+        }
+        if s.keepalive == 0 || s.request_timeout == 0 {
+            return bad("keepalive and request_timeout must be at least 1 second".into());
+        }
+        if !matches!(self.log.log_level.as_str(), "debug" | "info" | "warning" | "warn" | "error") {
+            return bad(format!(
+                "invalid value {:?} for log_level: expected one of debug, info, warning, error",
+                self.log.log_level
+            ));
+        }
+        if !matches!(self.log.log_format.as_str(), "text" | "json") {
+            return bad(format!(
+                "invalid value {:?} for log_format: expected text or json",
+                self.log.log_format
+            ));
+        }
+        let p = &self.http.api_prefix;
+        if !p.starts_with('/') || p.ends_with('/') && p.len() > 1 || p.contains(char::is_whitespace) {
+            return bad(format!("invalid value {p:?} for api_prefix: expected a path like /api/ml"));
+        }
+        if self.kafka.event_queue == 0 {
+            return bad("invalid value 0 for event_queue: expected a whole number >= 1".into());
+        }
+        if !matches!(self.kafka.kafka_acks.as_str(), "0" | "1" | "all" | "-1") {
+            return bad(format!(
+                "invalid value {:?} for kafka_acks: expected 0, 1 or all",
+                self.kafka.kafka_acks
+            ));
+        }
+        if !matches!(self.kafka.kafka_compression.as_str(), "none" | "gzip" | "snappy" | "lz4" | "zstd") {
+            return bad(format!(
+                "invalid value {:?} for kafka_compression: expected none, gzip, snappy, lz4 or zstd",
+                self.kafka.kafka_compression
+            ));
+        }
+        self.kafka_options()?;
+        if self.metrics.max_series == 0 {
+            return bad("invalid value 0 for max_series: expected a whole number >= 1".into());
+        }
+        Ok(())
+    }
+
+    /// The addresses to bind, with `http_port` applied.
+    pub fn bind_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.server
+            .bind
+            .iter()
+            .map(|b| {
+                let mut addr: SocketAddr = b.parse().map_err(|_| {
+                    ConfigError(format!(
+                        "invalid value {b:?} for bind: expected HOST:PORT with an IP address, like 127.0.0.1:5000 or [::1]:5000"
+                    ))
+                })?;
+                if let Some(port) = self.server.http_port {
+                    addr.set_port(port);
+                }
+                Ok(addr)
+            })
+            .collect()
+    }
+
+    /// `kafka_option` entries split into key and value.
+    pub fn kafka_options(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.kafka
+            .kafka_option
+            .iter()
+            .map(|o| match o.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+                _ => Err(ConfigError(format!("invalid value {o:?} for kafka_option: expected KEY=VALUE"))),
+            })
+            .collect()
+    }
+
+    /// `timeout` as the supervisor takes it.
+    pub fn timeout(&self) -> Option<Duration> {
+        (self.server.timeout > 0).then(|| Duration::from_secs(self.server.timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let mut s: Settings =
+            toml::from_str("[server]\nworkers = 3\nthreads = 2\n[log]\nlog_level = \"debug\"").unwrap();
+        assert_eq!(s.server.workers, 3);
+        s.apply_env(&env_of(&[("GUNICORN_WORKERS", "5"), ("MLDEPLOY_THREADS", "4")])).unwrap();
+        assert_eq!((s.server.workers, s.server.threads), (5, 4));
+        s.set("workers", "7").unwrap();
+        assert_eq!(s.server.workers, 7);
+        assert_eq!(s.log.log_level, "debug");
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn mldeploy_env_wins_over_legacy_env() {
+        let mut s = Settings::default();
+        s.apply_env(&env_of(&[("KAFKA_BROKER", "a:1"), ("MLDEPLOY_KAFKA_BROKER", "b:2")])).unwrap();
+        assert_eq!(s.kafka.kafka_broker.as_deref(), Some("b:2"));
+    }
+
+    #[test]
+    fn ml_deploy_true_values() {
+        for v in ["1", "true", "t", "TRUE"] {
+            let mut s = Settings::default();
+            s.apply_env(&env_of(&[("APP_DEBUG", v)])).unwrap();
+            assert!(s.server.app_debug, "{v}");
+        }
+        let mut s = Settings::default();
+        s.apply_env(&env_of(&[("APP_DEBUG", "false")])).unwrap();
+        assert!(!s.server.app_debug);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let mut s = Settings::default();
+        let e = s.apply_env(&env_of(&[("GUNICORN_WORKERS", "many")])).unwrap_err();
+        assert!(e.0.contains("workers") && e.0.contains("GUNICORN_WORKERS"), "{e}");
+        let mut s = Settings::default();
+        s.set("log_level", "loud").unwrap();
+        let e = s.validate().unwrap_err();
+        assert!(e.0.contains("log_level") && e.0.contains("debug, info, warning, error"), "{e}");
+        let e = Settings::default().clone().set("worker_class", "gevent").unwrap_err();
+        assert!(e.0.contains("worker_class"), "{e}");
+        let e = toml::from_str::<Settings>("[server]\nworkerz = 1").unwrap_err();
+        assert!(e.to_string().contains("workerz"), "{e}");
+    }
+
+    #[test]
+    fn http_port_replaces_bind_ports() {
+        let mut s = Settings::default();
+        s.set("bind", "127.0.0.1:1,[::1]:2").unwrap();
+        s.set("http_port", "8080").unwrap();
+        let addrs = s.bind_addrs().unwrap();
+        assert!(addrs.iter().all(|a| a.port() == 8080));
+        assert!(addrs[1].is_ipv6());
+        s.set("bind", "localhost:1").unwrap();
+        assert!(s.validate().unwrap_err().0.contains("bind"));
+    }
+
+    #[test]
+    fn kafka_options_split() {
+        let mut s = Settings::default();
+        s.set("kafka_option", "security.protocol=ssl").unwrap();
+        assert_eq!(s.kafka_options().unwrap(), vec![("security.protocol".into(), "ssl".into())]);
+        s.set("kafka_option", "nonsense").unwrap();
+        assert!(s.validate().unwrap_err().0.contains("kafka_option"));
+    }
+
+    #[test]
+    fn shipped_config_file_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/mldeploy.toml");
+        let s = Settings::from_file(&path).unwrap();
+        assert_eq!(s, Settings::default());
+    }
+}

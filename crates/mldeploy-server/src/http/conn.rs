@@ -1,0 +1,411 @@
+//! Accepting connections and running one: timeouts by phase, drain, and hyper's automatic
+//! error answers turned into JSON.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use slog::{debug, warn};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::handler::{self, ResBody};
+use super::Server;
+
+/// Largest request line plus headers.
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
+/// After an answer that leaves request bytes unread, read and drop for this long...
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// ...or this many bytes, before closing (so the client reads our answer, not a reset).
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
+
+/// Accept connections until the drain begins; then drop the listener at once.
+pub(crate) async fn accept_loop(server: Arc<Server>, listener: tokio::net::TcpListener) {
+    let drain = server.drain_begun.notified();
+    tokio::pin!(drain);
+    drain.as_mut().enable();
+    if server.draining() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    server.connection_opened();
+                    tokio::spawn(run(server.clone(), stream, remote));
+                }
+                Err(e) => {
+                    if !matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted) {
+                        // Out of descriptors or memory: pause instead of spinning.
+                        warn!(server.ctx.log, "accept failed"; "error" => %e);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            },
+            _ = drain.as_mut() => break,
+        }
+    }
+}
+
+/// Where a connection is between requests.
+const IDLE: u8 = 0;
+/// Bytes of a request head have arrived; the head is not complete.
+const HEAD: u8 = 1;
+/// A request is being served (from its complete head until its answer is handed to hyper).
+const BUSY: u8 = 2;
+
+/// A connection's phase, shared by its I/O wrapper, its requests and its watchdog (all on
+/// the connection's task: the atomics are uncontended).
+pub(crate) struct ConnState {
+    phase: AtomicU8,
+    /// Nanoseconds after the server's epoch when the phase began.
+    since: AtomicU64,
+    /// The connection must linger before closing: request bytes may be left unread.
+    linger: AtomicBool,
+    /// Requests begun on this connection.
+    seq: AtomicU64,
+    epoch: Instant,
+}
+
+impl ConnState {
+    fn new(server: &Server) -> Self {
+        Self {
+            phase: AtomicU8::new(IDLE),
+            since: AtomicU64::new(server.now_nanos()),
+            linger: AtomicBool::new(false),
+            seq: AtomicU64::new(0),
+            epoch: server.epoch,
+        }
+    }
+
+    fn now_nanos(&self) -> u64 {
+        (self.epoch.elapsed().as_nanos() as u64).max(1)
+    }
+
+    fn set(&self, phase: u8, at: u64) {
+        self.since.store(at, Ordering::Relaxed);
+        self.phase.store(phase, Ordering::Relaxed);
+    }
+
+    fn phase(&self) -> (u8, Instant) {
+        let phase = self.phase.load(Ordering::Relaxed);
+        let since = self.epoch + Duration::from_nanos(self.since.load(Ordering::Relaxed));
+        (phase, since)
+    }
+
+    /// A request head is complete; returns when its first byte arrived, and the request's
+    /// number on this connection.
+    pub(crate) fn begin_request(&self) -> (Instant, u64) {
+        let now = self.now_nanos();
+        let started =
+            if self.phase.load(Ordering::Relaxed) == HEAD { self.since.load(Ordering::Relaxed) } else { now };
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.set(BUSY, now);
+        (self.epoch + Duration::from_nanos(started), seq)
+    }
+
+    /// Request `seq` has handed over its answer: the connection idles from now (unless a
+    /// later request has begun meanwhile).
+    pub(crate) fn end_request(&self, seq: u64) {
+        if self.seq.load(Ordering::Relaxed) == seq {
+            self.set(IDLE, self.now_nanos());
+        }
+    }
+
+    /// Close with a linger: the answer was sent before the request was read in full.
+    pub(crate) fn mark_linger(&self) {
+        self.linger.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The per-connection service handed to hyper.
+struct ConnService {
+    server: Arc<Server>,
+    state: Arc<ConnState>,
+    remote: SocketAddr,
+}
+
+type BoxFuture =
+    Pin<Box<dyn std::future::Future<Output = Result<Response<ResBody>, std::convert::Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<ResBody>;
+    type Error = std::convert::Infallible;
+    // Boxed so that the connection can be polled without shutdown (that needs `Unpin`).
+    type Future = BoxFuture;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let (started, seq) = self.state.begin_request();
+        Box::pin(handler::handle(self.server.clone(), self.state.clone(), seq, self.remote, req, started))
+    }
+}
+
+/// How a connection's serving loop ended.
+enum End {
+    /// hyper finished (client closed, `Connection: close`, error answered).
+    Done,
+    /// Idle past keep-alive (or the drain grace): close without a word.
+    Idle,
+    /// A head started and did not complete in time: 408.
+    SlowHead,
+}
+
+/// Serve one connection until it closes.
+async fn run(server: Arc<Server>, stream: TcpStream, remote: SocketAddr) {
+    // Counts the connection closed however the task ends (even by a panic).
+    let _open = OpenConnection(server.clone());
+    let _ = stream.set_nodelay(true);
+    let state = Arc::new(ConnState::new(&server));
+    let io = TokioIo::new(Tracked::new(stream, state.clone(), server.clone(), remote));
+    let service = ConnService { server: server.clone(), state: state.clone(), remote };
+    let mut conn = http1::Builder::new()
+        .keep_alive(true)
+        .max_header_size(MAX_HEAD)
+        .header_read_timeout(None)
+        .serve_connection(io, service);
+
+    // The watchdog: one timer, armed at the earliest deadline of the connection's phase. A
+    // phase change only re-arms it when the new deadline is earlier; a timer that fires early
+    // re-arms itself. It is polled after hyper, so it sees every phase change hyper causes.
+    let drain = server.drain_begun.notified();
+    tokio::pin!(drain);
+    drain.as_mut().enable();
+    let mut drain_seen = server.draining();
+    let mut armed = Instant::now() + FAR;
+    let sleep = tokio::time::sleep_until(armed.into());
+    tokio::pin!(sleep);
+    let end = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = conn.poll_without_shutdown(cx) {
+            if let Err(e) = result {
+                debug!(server.ctx.log, "connection ended with an error"; "remote" => %remote, "error" => %e);
+                state.mark_linger();
+            }
+            return Poll::Ready(End::Done);
+        }
+        if !drain_seen && drain.as_mut().poll(cx).is_ready() {
+            drain_seen = true;
+        }
+        loop {
+            if let Some(wake) = phase_deadline(&server, &state).map(|(_, at)| at) {
+                if wake < armed {
+                    armed = wake;
+                    sleep.as_mut().reset(armed.into());
+                }
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            match phase_deadline(&server, &state) {
+                Some((end, at)) if now >= at => return Poll::Ready(end),
+                Some((_, at)) => armed = at,
+                None => armed = now + FAR,
+            }
+            sleep.as_mut().reset(armed.into());
+        }
+    })
+    .await;
+
+    match end {
+        End::Idle => drop(conn),
+        End::Done => {
+            let mut io = conn.into_parts().io.into_inner();
+            if state.linger.load(Ordering::Relaxed) {
+                linger(&mut io).await;
+            } else {
+                let _ = tokio::time::timeout(LINGER_TIME, io.shutdown()).await;
+            }
+        }
+        End::SlowHead => {
+            let mut io = conn.into_parts().io.into_inner();
+            let id = server.new_request_id();
+            let bytes = handler::raw_error(&server, 408, "request_timeout", TIMEOUT_MESSAGE, &id);
+            let _ = tokio::time::timeout(LINGER_TIME, io.write_all(&bytes)).await;
+            handler::log_raw(&server, remote, 408, bytes.len(), &id);
+            linger(&mut io).await;
+        }
+    }
+}
+
+/// One open connection of the server; closed on drop.
+struct OpenConnection(Arc<Server>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connection_closed();
+    }
+}
+
+const TIMEOUT_MESSAGE: &str = "the request did not arrive in time";
+
+/// A timer far enough away to mean "none".
+const FAR: Duration = Duration::from_secs(3600);
+
+/// What the connection's phase allows, until when: idle until keep-alive (or the drain grace)
+/// runs out, a head until the request timeout. A request in progress has no deadline here
+/// (its body read has its own).
+fn phase_deadline(server: &Server, state: &ConnState) -> Option<(End, Instant)> {
+    let settings = &server.ctx.settings;
+    let (phase, since) = state.phase();
+    match phase {
+        IDLE => {
+            let mut deadline = since + settings.keepalive;
+            if let Some(drain) = server.drain_started() {
+                deadline = deadline.min(since.max(drain) + server.drain_idle_grace());
+            }
+            Some((End::Idle, deadline))
+        }
+        HEAD => Some((End::SlowHead, since + settings.request_timeout)),
+        _ => None,
+    }
+}
+
+/// Send what is buffered, stop writing, and read (dropping it) what the client still sends,
+/// for a bounded time, so that closing does not reset a connection with our answer unread.
+async fn linger(io: &mut Tracked) {
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        if io.shutdown().await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 8192];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// The connection's socket, watched: reads mark a head as started, and hyper's automatic
+/// error answers (431, 400, ...) are replaced by our JSON errors.
+pub(crate) struct Tracked {
+    stream: TcpStream,
+    state: Arc<ConnState>,
+    server: Arc<Server>,
+    remote: SocketAddr,
+    /// Bytes we write in place of what hyper handed us.
+    pending: Vec<u8>,
+    written: usize,
+}
+
+impl Tracked {
+    fn new(stream: TcpStream, state: Arc<ConnState>, server: Arc<Server>, remote: SocketAddr) -> Self {
+        Self { stream, state, server, remote, pending: Vec::new(), written: 0 }
+    }
+
+    /// Write what is pending; ready once it is all written.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.pending.len() {
+            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.pending[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        if !self.pending.is_empty() {
+            self.pending = Vec::new();
+            self.written = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// If `buf` is a whole automatic answer of hyper (an error head without our request id and
+/// without a body), its status code.
+fn automatic_answer(buf: &[u8]) -> Option<u16> {
+    let rest = buf.strip_prefix(b"HTTP/1.1 ").or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
+    let code = std::str::from_utf8(rest.get(..3)?).ok()?.parse::<u16>().ok()?;
+    if !(400..500).contains(&code) {
+        return None;
+    }
+    let head_end = memchr::memmem::find(buf, b"\r\n\r\n")? + 4;
+    let head = &buf[..head_end];
+    let ours = memchr::memmem::find(head, b"\r\nx-request-id:").is_some();
+    let empty = memchr::memmem::find(head, b"\r\ncontent-length: 0\r\n").is_some();
+    (!ours && empty && head_end == buf.len()).then_some(code)
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let state = &self.state;
+            if state.phase.load(Ordering::Relaxed) == IDLE {
+                state.set(HEAD, state.now_nanos());
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        ready!(this.poll_pending(cx))?;
+        if let Some(code) = automatic_answer(buf) {
+            let (error, message) = match code {
+                431 => ("header_too_large", "the request line and headers exceed 8 KiB (or 100 headers)"),
+                414 => ("uri_too_long", "the request target is too long"),
+                _ => ("bad_request", "the request line or a header is malformed"),
+            };
+            let id = this.server.new_request_id();
+            this.pending = handler::raw_error(&this.server, code, error, message, &id);
+            this.written = 0;
+            handler::log_raw(&this.server, this.remote, code, this.pending.len(), &id);
+            this.state.mark_linger();
+            // We own these bytes now; they go out here or on the flush hyper does next.
+            let _ = this.poll_pending(cx);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_pending(cx))?;
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_pending(cx))?;
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        // hyper then writes each answer from one flat buffer, which the check above needs.
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::automatic_answer;
+
+    #[test]
+    fn recognises_hyper_automatic_answers_only() {
+        let auto = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        assert_eq!(automatic_answer(auto), Some(431));
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-request-id: 1\r\n\r\n";
+        assert_eq!(automatic_answer(ours), None);
+        let with_body = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\n";
+        assert_eq!(automatic_answer(with_body), None);
+        assert_eq!(automatic_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), None);
+        assert_eq!(automatic_answer(b"{\"a\": 1}"), None);
+    }
+}

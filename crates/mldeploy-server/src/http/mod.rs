@@ -1,0 +1,345 @@
+//! The worker's HTTP service: HTTP/1.1 on hyper 1.x, one tokio runtime per worker.
+//!
+//! # Threads
+//! [`serve`] builds a multi-thread tokio runtime with [`HttpSettings::threads`] worker threads.
+//! Sockets are non-blocking and every connection is a task, so an idle or slow connection costs
+//! memory, never a thread. Model calls run inline on those worker threads (not on a blocking
+//! pool), which is what bounds a worker to `threads` model calls at once, as gunicorn's
+//! `--threads`. Each model call (predict, feedback, custom routes) runs inside
+//! [`mldeploy_prefork::WorkerHandle::busy`] (the master's hang watch) and
+//! [`std::panic::catch_unwind`]: a panic answers 500 with a request id and the worker keeps
+//! serving. A task ticks [`mldeploy_prefork::WorkerHandle::heartbeat`] every 500 ms;
+//! `ready()` is called once every listener accepts.
+//!
+//! # Limits
+//! - Request line and headers: at most 8 KiB (hyper's `max_header_size`) and 100 headers.
+//!   hyper answers a bigger head itself, with 431 and an empty body, before any service runs;
+//!   the connection's I/O wrapper recognises that automatic answer (an error status without
+//!   our `x-request-id` header) and sends our JSON error in its place. The same happens to
+//!   hyper's automatic 400 for a malformed request line or header.
+//! - Idle keep-alive connections are closed after [`HttpSettings::keepalive`]. hyper's own
+//!   `header_read_timeout` is not used: its clock starts when the connection goes idle, so it
+//!   cannot tell an idle connection from a slow one. Instead each connection task watches its
+//!   phase (idle, head arriving, request in progress): idle for `keepalive` -> closed; a head
+//!   started but not complete within [`HttpSettings::request_timeout`] -> 408 JSON, closed.
+//! - Body: a `Content-Length` above [`HttpSettings::max_body`] -> 413 at once, without reading
+//!   the body (no `100 Continue` is sent); a chunked body is counted while read -> 413 when it
+//!   passes the limit. Head and body must arrive within `request_timeout` of the first byte
+//!   of the request -> 408 otherwise. These answers close the connection, after reading
+//!   and dropping what the client still sends for a short while, so that it reads the answer
+//!   instead of a reset.
+//! - JSON: serde_json's recursion limit (128) refuses deep nesting (400), numbers beyond
+//!   `f64` are refused by the parser (400).
+//!
+//! # Bodies and content types
+//! As in ml-deploy, a body is read as JSON whatever its Content-Type, so `curl -d` (form
+//! urlencoded by default) keeps working; `multipart/form-data` is decoded into
+//! [`mldeploy_model::Form`] for models without a feature schema and for custom routes (a small
+//! parser of the whole body, which is read with its limit anyway: no streaming parser needed).
+//! 415 is answered for a `Content-Encoding` other than `identity` (bodies are not
+//! decompressed) and for multipart sent to predict/feedback of a model that declares features
+//! (its rows must be JSON).
+//!
+//! # Stopping
+//! [`Stop::Fast`]: return at once. [`Stop::Graceful`]: the listeners are dropped at once (the
+//! other workers take new connections); a request in progress is answered with
+//! `Connection: close`; an idle keep-alive connection stays open so that its next request is
+//! answered (with `Connection: close`) rather than reset, unless it stays idle for
+//! `min(keepalive, 2 s)` after the stop; `/ready` answers 503. `serve` returns when every
+//! connection is done or after [`HttpSettings::graceful_timeout`]. With
+//! `WorkerHandle::max_requests() > 0` the worker calls `retire()` once after that many
+//! requests; the master then starts a replacement and sends the graceful stop.
+//!
+//! # Responses
+//! Every answer carries `x-request-id` (the client's when it sent a sane one, else
+//! `<pid>-<start>-<n>`) and the CORS headers; every error is JSON
+//! `{"error", "message", "request_id"}` and never holds internals. Metrics use route
+//! templates only (`unmatched` for 404s) to bound label cardinality.
+
+mod conn;
+mod handler;
+mod multipart;
+#[cfg(test)]
+mod tests;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mldeploy_model::Model;
+use mldeploy_prefork::{Stop, WorkerHandle};
+use slog::{info, warn};
+use tokio::sync::Notify;
+
+use crate::events::Events;
+use crate::metrics::Metrics;
+
+/// HTTP settings.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Prefix of the model routes (`/api/ml`).
+    pub api_prefix: String,
+    /// Largest accepted body in bytes (413 above).
+    pub max_body: usize,
+    /// Idle keep-alive connections are closed after this.
+    pub keepalive: Duration,
+    /// A request's head and body must arrive within this (408 otherwise).
+    pub request_timeout: Duration,
+    /// Allowed CORS origins; `*` allows all.
+    pub cors_origins: Vec<String>,
+    /// Serving threads (model calls at once).
+    pub threads: usize,
+    /// Write an access log line per request.
+    pub access_log: bool,
+    /// After a graceful stop, how long open connections may take to finish before `serve`
+    /// returns anyway.
+    pub graceful_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            api_prefix: "/api/ml".into(),
+            max_body: 10 * 1024 * 1024,
+            keepalive: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            cors_origins: vec!["*".into()],
+            threads: 1,
+            access_log: false,
+            graceful_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the HTTP service needs.
+#[derive(Clone)]
+pub struct ServeContext {
+    /// The loaded model.
+    pub model: Arc<dyn Model>,
+    /// Where predict and feedback responses go (Kafka), when enabled.
+    pub events: Events,
+    /// The server-wide metric store.
+    pub metrics: Metrics,
+    /// The link to the master; `None` in `--app-debug` (one process).
+    pub worker: Option<WorkerHandle>,
+    /// The worker's log.
+    pub log: slog::Logger,
+    /// Where access log lines go.
+    pub access_log: slog::Logger,
+    /// HTTP settings.
+    pub settings: HttpSettings,
+}
+
+/// The API version served in `/version` and `/metadata`.
+pub const API_VERSION: &str = "v1";
+
+/// How long a drained worker keeps an idle keep-alive connection open, at most.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(2);
+
+/// Serve on `listeners` until `stop` yields, then drain and return.
+///
+/// Errors only when the runtime or the listeners cannot be set up. A closed `stop` channel
+/// counts as [`Stop::Graceful`].
+pub fn serve(
+    listeners: Vec<TcpListener>,
+    ctx: ServeContext,
+    stop: crossbeam_channel::Receiver<Stop>,
+) -> std::io::Result<()> {
+    let threads = ctx.settings.threads.max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("mldeploy-http")
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let server = Arc::new(Server::new(ctx));
+    let log = server.ctx.log.clone();
+
+    let mut accepting = Vec::with_capacity(listeners.len());
+    {
+        let _entered = runtime.enter();
+        for listener in listeners {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            if let Ok(addr) = listener.local_addr() {
+                info!(log, "listening"; "address" => %addr);
+            }
+            accepting.push(runtime.spawn(conn::accept_loop(server.clone(), listener)));
+        }
+    }
+    if let Some(worker) = server.ctx.worker.clone() {
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                worker.heartbeat();
+            }
+        });
+    }
+    info!(log, "serving"; "threads" => threads, "model" => &server.ctx.model.info().name);
+    if let Some(worker) = &server.ctx.worker {
+        worker.ready();
+    }
+
+    let how = stop.recv().unwrap_or(Stop::Graceful);
+    if how == Stop::Fast {
+        info!(log, "fast stop");
+        runtime.shutdown_background();
+        return Ok(());
+    }
+
+    let open = server.open_connections();
+    info!(log, "draining"; "open_connections" => open);
+    server.start_drain();
+    let graceful_timeout = server.ctx.settings.graceful_timeout;
+    let deadline = Instant::now() + graceful_timeout;
+    let drained = runtime.block_on(async {
+        for task in accepting {
+            let _ = task.await;
+        }
+        loop {
+            let closed = server.all_closed.notified();
+            if server.open_connections() == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline || matches!(stop.try_recv(), Ok(Stop::Fast)) {
+                return false;
+            }
+            // Wake on the last close, or re-check the deadline and a Fast stop now and then.
+            let _ = tokio::time::timeout(Duration::from_millis(100), closed).await;
+        }
+    });
+    if drained {
+        info!(log, "drained");
+    } else {
+        warn!(log, "stopping with open connections"; "open_connections" => server.open_connections());
+    }
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}
+
+/// State shared by every connection of a worker.
+pub(crate) struct Server {
+    pub(crate) ctx: ServeContext,
+    pub(crate) routes: handler::Routes,
+    /// Answers computed once: metadata, version.
+    pub(crate) cached: handler::Cached,
+    pub(crate) cors: handler::Cors,
+    /// The model's schema, when it declares features.
+    pub(crate) schema: Option<mldeploy_model::Schema>,
+    /// The clock all connection timestamps count from.
+    pub(crate) epoch: Instant,
+    /// Nanoseconds after `epoch` when the drain began; 0 while serving.
+    drain_started: AtomicU64,
+    draining: AtomicBool,
+    /// Wakes accept loops and connection watchdogs when the drain begins.
+    pub(crate) drain_begun: Notify,
+    open: AtomicUsize,
+    pub(crate) all_closed: Notify,
+    completed: AtomicU64,
+    max_requests: u64,
+    retired: AtomicBool,
+    next_id: AtomicU64,
+    /// `<pid>-<start>-` prefix of generated request ids.
+    id_prefix: String,
+}
+
+impl Server {
+    fn new(ctx: ServeContext) -> Self {
+        let info = ctx.model.info();
+        ctx.metrics.set_model(&info.name, &info.version);
+        let routes = handler::Routes::new(&ctx);
+        for shadowed in routes.shadowed_custom_routes() {
+            warn!(ctx.log, "custom route shadowed by a built-in route"; "path" => shadowed);
+        }
+        let schema = (!info.features.is_empty()).then(|| mldeploy_model::Schema::new(info.features.clone()));
+        let cached = handler::Cached::new(info);
+        let cors = handler::Cors::new(&ctx.settings.cors_origins);
+        let max_requests = ctx.worker.as_ref().map_or(0, |w| w.max_requests());
+        let start =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let id_prefix = format!("{:x}-{:x}-", std::process::id(), start);
+        Self {
+            ctx,
+            routes,
+            cached,
+            cors,
+            schema,
+            epoch: Instant::now(),
+            drain_started: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            drain_begun: Notify::new(),
+            open: AtomicUsize::new(0),
+            all_closed: Notify::new(),
+            completed: AtomicU64::new(0),
+            max_requests,
+            retired: AtomicBool::new(false),
+            next_id: AtomicU64::new(0),
+            id_prefix,
+        }
+    }
+
+    /// Nanoseconds since `epoch` (at least 1, so that 0 can mean "never").
+    pub(crate) fn now_nanos(&self) -> u64 {
+        (self.epoch.elapsed().as_nanos() as u64).max(1)
+    }
+
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// When the drain began, if it has.
+    pub(crate) fn drain_started(&self) -> Option<Instant> {
+        match self.drain_started.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.epoch + Duration::from_nanos(n)),
+        }
+    }
+
+    /// How long an idle connection may stay open once draining.
+    pub(crate) fn drain_idle_grace(&self) -> Duration {
+        self.ctx.settings.keepalive.min(DRAIN_IDLE_GRACE)
+    }
+
+    fn start_drain(&self) {
+        self.drain_started.store(self.now_nanos(), Ordering::Relaxed);
+        self.draining.store(true, Ordering::Relaxed);
+        self.drain_begun.notify_waiters();
+    }
+
+    pub(crate) fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        if self.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.all_closed.notify_waiters();
+        }
+    }
+
+    /// Count a finished request; retire once at the worker's max-requests.
+    pub(crate) fn request_completed(&self) {
+        let n = self.completed.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.max_requests > 0 && n >= self.max_requests && !self.retired.swap(true, Ordering::Relaxed) {
+            if let Some(worker) = &self.ctx.worker {
+                info!(self.ctx.log, "max requests reached, retiring"; "requests" => n);
+                worker.retire();
+            }
+        }
+    }
+
+    /// A fresh request id.
+    pub(crate) fn new_request_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut id = String::with_capacity(self.id_prefix.len() + 8);
+        id.push_str(&self.id_prefix);
+        id.push_str(&n.to_string());
+        id
+    }
+}

@@ -1,0 +1,18 @@
+//! The mldeploy server.
+//!
+//! [`run_cli`] is the whole `mldeploy` command line for a given [`ModelLoader`]: the stock
+//! binary passes the built-in loader, a user crate passes its own. The master side (config,
+//! shared memory, supervision) runs before any worker exists; everything in [`http`],
+//! [`events`] and the model runs inside a worker, after the fork.
+
+mod app;
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod http;
+mod log;
+pub mod metrics;
+
+pub use app::run_cli;
+
+pub use mldeploy_model::{Model, ModelLoader};

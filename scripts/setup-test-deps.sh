@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs, idempotently: Python packages for the reference models
+# and the metrics parser, wrk for the load tests, and the Kafka-protocol test broker.
+# Safe to run again: each step checks first and does nothing when its tool is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# Python packages: scikit-learn (reference models and the exporter), safetensors, joblib,
+# prometheus_client (parses /metrics in the tests).
+if ! python3 -c 'import sklearn, numpy, joblib, safetensors, pandas, prometheus_client' 2>/dev/null; then
+    log "installing Python packages"
+    python3 -m pip install --quiet --disable-pip-version-check \
+        scikit-learn numpy joblib safetensors pandas prometheus_client
+fi
+
+# Debian packages: wrk (load tests).
+if ! command -v wrk >/dev/null 2>&1; then
+    log "installing wrk"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+
+# The Kafka-protocol broker for the event tests (built once into a cache directory).
+scripts/kafka-broker.sh install
+log "test dependencies ready"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need (idempotently), then runs format and lint
+# checks and every unit and integration test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup-test-deps.sh
+
+# The suite must not skip what CI can provide: missing Python packages or broker fail loudly.
+export MLDEPLOY_REQUIRE_PYTHON=1
+export MLDEPLOY_REQUIRE_KAFKA=1
+JOBS="${CARGO_BUILD_JOBS:-2}"
+
+cargo fmt --all -- --check
+cargo clippy -j"$JOBS" --workspace --all-targets --quiet -- -D warnings
+# Integration tests start several multi-process servers: run test binaries one after another,
+# and each binary's tests two at a time, so a 2-core machine is not oversubscribed.
+cargo test -j"$JOBS" --workspace --all-targets -- --test-threads=2
