@@ -255,3 +255,23 @@ fn broken_packages_are_refused_by_check_and_serve() {
     let out = Command::new(common::binary()).args(["check", good.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn multipart_form_data_reaches_a_rust_model() {
+    let server = Server::start_fault(&["serve"], &[]);
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"city\"\r\n\r\nLyon\r\n--XyZ\r\n\
+                Content-Disposition: form-data; name=\"image\"; filename=\"cat.png\"\r\n\
+                Content-Type: image/png\r\n\r\n\x01\x02\x03\x04\r\n--XyZ--\r\n";
+    let r = common::http::request(
+        server.addr,
+        "POST",
+        PREDICT,
+        &[("Content-Type", "multipart/form-data; boundary=XyZ")],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let target = &r.json()["target"];
+    assert_eq!(target["fields"]["city"], "Lyon");
+    assert_eq!(target["files"][0], json!({ "field": "image", "filename": "cat.png", "bytes": 4 }));
+}

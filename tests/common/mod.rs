@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 /// Path of the binary under test.
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_mldeploy"))
+    PathBuf::from(option_env!("CARGO_BIN_EXE_mldeploy").expect("a test of the mldeploy package"))
 }
 
 /// Path of the fault-injection model binary (`params` pick a failure; see its docs).
 pub fn fault_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_mldeploy-fault-model"))
+    PathBuf::from(option_env!("CARGO_BIN_EXE_mldeploy-fault-model").expect("a test of the mldeploy package"))
 }
 
 /// A free loopback port (bound then released; the server binds it right after).

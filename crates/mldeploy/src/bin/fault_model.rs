@@ -5,7 +5,8 @@
 //! The request's `params` pick the behaviour: `{"params": {"sleep_ms": 200}}` answers late,
 //! `{"hang": true}` never returns (the worker timeout must replace the worker), `{"panic": true}`
 //! panics inside the model (the server answers 500 and keeps serving), `{"error": true}`
-//! returns a model error. Anything else echoes `data` back as the prediction.
+//! returns a model error. Anything else echoes `data` back as the prediction; a
+//! multipart/form-data request is answered with the fields and files that arrived.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -43,6 +44,20 @@ impl Model for FaultModel {
         }
         if param(body, "error").and_then(Value::as_bool) == Some(true) {
             return Err(ModelError::Internal("the fault model was asked to fail".into()));
+        }
+        if let Some(form) = &input.form {
+            // A multipart request: answer what arrived, so a client can see it reached the model.
+            let files: Vec<Value> = form
+                .files
+                .iter()
+                .map(|f| json!({ "field": f.field, "filename": f.filename, "bytes": f.data.len() }))
+                .collect();
+            let fields: serde_json::Map<String, Value> =
+                form.fields.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+            return Ok(Response {
+                target: json!({ "fields": fields, "files": files }),
+                ..Response::default()
+            });
         }
         let data = body.get("data").cloned().unwrap_or(Value::Null);
         Ok(Response { target: json!({ "y_predicted": data }), input: data, ..Response::default() })
