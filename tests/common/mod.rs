@@ -14,12 +14,16 @@ use std::time::{Duration, Instant};
 
 /// Path of the binary under test.
 pub fn binary() -> PathBuf {
-    PathBuf::from(option_env!("CARGO_BIN_EXE_mldeploy").expect("a test of the mldeploy package"))
+    option_env!("CARGO_BIN_EXE_mldeploy")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("only for tests of the mldeploy package"))
 }
 
 /// Path of the fault-injection model binary (`params` pick a failure; see its docs).
 pub fn fault_binary() -> PathBuf {
-    PathBuf::from(option_env!("CARGO_BIN_EXE_mldeploy-fault-model").expect("a test of the mldeploy package"))
+    option_env!("CARGO_BIN_EXE_mldeploy-fault-model")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("only for tests of the mldeploy package"))
 }
 
 /// A free loopback port (bound then released; the server binds it right after).

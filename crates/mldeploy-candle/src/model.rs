@@ -202,21 +202,25 @@ impl BuiltinModel {
         let features = &self.manifest.features;
         let rows = (0..table.n_rows)
             .map(|r| {
-                let mut record = Map::with_capacity(features.len());
-                for (f, column) in features.iter().zip(&table.columns) {
-                    let value = match column {
-                        Column::Category(v) => Value::String(v[r].clone()),
-                        Column::Numeric(v) => {
-                            let x = v[r];
-                            match f.dtype {
-                                Dtype::Bool => Value::Bool(x != 0.0),
-                                Dtype::Int if x.fract() == 0.0 && x.abs() < 9.0e15 => json!(x as i64),
-                                _ => number(x),
+                // Collecting (rather than inserting one by one) lets the map build in bulk.
+                let record: Map<String, Value> = features
+                    .iter()
+                    .zip(&table.columns)
+                    .map(|(f, column)| {
+                        let value = match column {
+                            Column::Category(v) => Value::String(v[r].clone()),
+                            Column::Numeric(v) => {
+                                let x = v[r];
+                                match f.dtype {
+                                    Dtype::Bool => Value::Bool(x != 0.0),
+                                    Dtype::Int if x.fract() == 0.0 && x.abs() < 9.0e15 => json!(x as i64),
+                                    _ => number(x),
+                                }
                             }
-                        }
-                    };
-                    record.insert(f.name.clone(), value);
-                }
+                        };
+                        (f.name.clone(), value)
+                    })
+                    .collect();
                 Value::Object(record)
             })
             .collect();

@@ -570,13 +570,19 @@ impl Errors {
         let first = self.list.first().map(describe).unwrap_or_default();
         let mut message = if bad_rows == 0 {
             format!("the column names do not match the model's features: {first}")
-        } else if bad_rows == n_rows && n_rows > 1 {
-            format!("no row is valid ({} problems); first: {first}", self.total)
+        } else if n_rows == 1 {
+            format!("the row is invalid: {first}")
+        } else if bad_rows == n_rows {
+            format!("no row is valid; first problem: {first}")
         } else {
-            format!("{bad_rows} of {n_rows} rows are invalid ({} problems); first: {first}", self.total)
+            format!("{bad_rows} of {n_rows} rows are invalid; first problem: {first}")
         };
-        if self.total > self.list.len() {
-            message.push_str(&format!(" ({} more problems not listed)", self.total - self.list.len()));
+        if self.total > 1 {
+            message.push_str(&format!(" ({} problems in all", self.total));
+            if self.total > self.list.len() {
+                message.push_str(&format!(", {} not listed", self.total - self.list.len()));
+            }
+            message.push(')');
         }
         ModelError::Invalid { message, errors: self.list }
     }
@@ -878,7 +884,7 @@ mod tests {
         match run(json!({"data": rows})) {
             Err(ModelError::Invalid { message, errors }) => {
                 assert_eq!(errors.len(), MAX_ERRORS);
-                assert!(message.contains("200 more problems not listed"), "{message}");
+                assert!(message.contains("(300 problems in all, 200 not listed)"), "{message}");
             }
             other => panic!("{other:?}"),
         }

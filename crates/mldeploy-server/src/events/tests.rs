@@ -458,7 +458,11 @@ fn events_after_a_broker_restart_are_delivered() {
     for n in 500..510 {
         events.emit(predict(n, &[]));
     }
-    assert!(settled(&stats, 210), "events sent around the restart did not settle: {:?}", stats.0.lock().unwrap());
+    assert!(
+        settled(&stats, 210),
+        "events sent around the restart did not settle: {:?}",
+        stats.0.lock().unwrap()
+    );
     for n in 1000..1100 {
         events.emit(predict(n, &[]));
     }

@@ -666,14 +666,17 @@ fn model_reply(
     id: &str,
 ) -> Reply {
     let events = &server.ctx.events;
-    let emit = events.enabled();
-    let (topic, route) = match kind {
-        EventKind::Predict => ("predict", &server.routes.predict),
-        EventKind::Feedback => ("feedback", &server.routes.feedback),
-    };
-    if emit {
+    // With events on, the response lists the route's topic (ml-deploy's `predict`/`feedback`,
+    // as configured), as ml-deploy did.
+    let topic = events.topic(kind);
+    let emit = topic.is_some();
+    if let Some(topic) = topic.filter(|t| !response.topics.iter().any(|have| have == t)) {
         response.topics.push(topic.to_string());
     }
+    let route = match kind {
+        EventKind::Predict => &server.routes.predict,
+        EventKind::Feedback => &server.routes.feedback,
+    };
     let info = server.ctx.model.info();
     let body = ModelBody {
         target: &response.target,

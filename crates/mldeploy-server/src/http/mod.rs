@@ -8,15 +8,18 @@
 //! `--threads`. Each model call (predict, feedback, custom routes) runs inside
 //! [`mldeploy_prefork::WorkerHandle::busy`] (the master's hang watch) and
 //! [`std::panic::catch_unwind`]: a panic answers 500 with a request id and the worker keeps
-//! serving. A task ticks [`mldeploy_prefork::WorkerHandle::heartbeat`] every 500 ms;
-//! `ready()` is called once every listener accepts.
+//! serving. A task ticks [`mldeploy_prefork::WorkerHandle::heartbeat`] every 500 ms (when
+//! every thread is inside a model call, nothing else of the worker runs, the heartbeat
+//! included: the master's timeout sees that); `ready()` is called once every listener accepts.
 //!
 //! # Limits
 //! - Request line and headers: at most 8 KiB (hyper's `max_header_size`) and 100 headers.
 //!   hyper answers a bigger head itself, with 431 and an empty body, before any service runs;
 //!   the connection's I/O wrapper recognises that automatic answer (an error status without
-//!   our `x-request-id` header) and sends our JSON error in its place. The same happens to
-//!   hyper's automatic 400 for a malformed request line or header.
+//!   our `x-request-id` header, written as a whole) and sends our JSON error in its place. The
+//!   same happens to hyper's automatic 400 for a malformed request line or header. (Only when
+//!   such an answer shares a write with pipelined answers before it does hyper's bare one go
+//!   out.)
 //! - Idle keep-alive connections are closed after [`HttpSettings::keepalive`]. hyper's own
 //!   `header_read_timeout` is not used: its clock starts when the connection goes idle, so it
 //!   cannot tell an idle connection from a slow one. Instead each connection task watches its
@@ -25,7 +28,8 @@
 //! - Body: a `Content-Length` above [`HttpSettings::max_body`] -> 413 at once, without reading
 //!   the body (no `100 Continue` is sent); a chunked body is counted while read -> 413 when it
 //!   passes the limit. Head and body must arrive within `request_timeout` of the first byte
-//!   of the request -> 408 otherwise. These answers close the connection, after reading
+//!   of the request -> 408 otherwise (the model call itself is not timed here: that is the
+//!   master's `--timeout`). These answers close the connection, after reading
 //!   and dropping what the client still sends for a short while, so that it reads the answer
 //!   instead of a reset.
 //! - JSON: serde_json's recursion limit (128) refuses deep nesting (400), numbers beyond
@@ -53,7 +57,8 @@
 //! # Responses
 //! Every answer carries `x-request-id` (the client's when it sent a sane one, else
 //! `<pid>-<start>-<n>`) and the CORS headers; every error is JSON
-//! `{"error", "message", "request_id"}` and never holds internals. Metrics use route
+//! `{"error", "message", "request_id"}` (422 adds `errors`: one [`mldeploy_model::RowError`]
+//! per problem) and never holds internals. Metrics use route
 //! templates only (`unmatched` for 404s) to bound label cardinality.
 
 mod conn;

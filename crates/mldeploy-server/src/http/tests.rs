@@ -158,6 +158,10 @@ impl TestServer {
 
     /// Serve on a given listener (several servers may share one, as forked workers do).
     fn start_on(listener: TcpListener, with_schema: bool, settings: HttpSettings) -> Self {
+        Self::start_with(listener, with_schema, settings, Events::disabled())
+    }
+
+    fn start_with(listener: TcpListener, with_schema: bool, settings: HttpSettings, events: Events) -> Self {
         let (started_tx, started_rx) = crossbeam_channel::unbounded();
         let (release_tx, release_rx) = crossbeam_channel::unbounded();
         let model = Arc::new(Fake {
@@ -169,7 +173,7 @@ impl TestServer {
         let access = Arc::new(Mutex::new(Vec::new()));
         let ctx = ServeContext {
             model,
-            events: Events::disabled(),
+            events,
             metrics: Metrics::private(&MetricsSettings { max_series: 100 }),
             worker: None,
             log: slog::Logger::root(slog::Discard, slog::o!()),
@@ -873,30 +877,25 @@ fn drain_under_load_loses_no_request() {
 }
 
 #[test]
-#[ignore]
-fn zz_bench_serve() {
-    let port: u16 = std::env::var("BENCH_PORT").unwrap().parse().unwrap();
-    let secs: u64 = std::env::var("BENCH_SECS").unwrap().parse().unwrap();
-    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let access = std::env::var("BENCH_ACCESS").is_ok();
-    let s = HttpSettings { access_log: access, threads: 1, keepalive: Duration::from_secs(2), ..settings() };
-    if let Ok(every) = std::env::var("BENCH_DRAIN_EVERY_MS") {
-        // Replace a worker every `every` ms: start a new one on the shared socket, drain the old.
-        let every = Duration::from_millis(every.parse().unwrap());
-        let mut current = TestServer::start_on(listener.try_clone().unwrap(), true, s.clone());
-        let end = Instant::now() + Duration::from_secs(secs);
-        let mut n = 0;
-        while Instant::now() < end {
-            std::thread::sleep(every);
-            let next = TestServer::start_on(listener.try_clone().unwrap(), true, s.clone());
-            let mut old = std::mem::replace(&mut current, next);
-            old.stop(Stop::Graceful).unwrap();
-            n += 1;
-        }
-        println!("replaced {n} times");
-        return;
-    }
-    let server = TestServer::start_on(listener, true, s);
-    std::thread::sleep(Duration::from_secs(secs));
+fn with_events_on_responses_list_the_route_topic() {
+    // A broker that is not there: events are on, deliveries just fail later.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let event_settings = crate::events::EventSettings {
+        brokers: Some(format!("127.0.0.1:{port}")),
+        ..crate::events::EventSettings::default()
+    };
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let stats = Arc::new(Metrics::private(&MetricsSettings { max_series: 100 }));
+    let (events, producer) = crate::events::start(&event_settings, log, stats);
+    assert!(events.enabled());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = TestServer::start_with(listener, true, settings(), events);
+    let r = server.post_json("/api/ml/predict", &json!({"data": [[1, "a"]]}));
+    assert_eq!(r.json()["topics"], json!(["predict"]));
+    let r = server.post_json("/api/ml/feedback", &json!({"data": [[1, "a"]], "y_true": [1]}));
+    assert_eq!(r.json()["topics"], json!(["feedback"]));
     drop(server);
+    if let Some(producer) = producer {
+        producer.shutdown(Instant::now());
+    }
 }
