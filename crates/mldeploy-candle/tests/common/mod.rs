@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests: temporary directories, hand-made packages and a
+//! Code shared by the integration tests: temporary directories, hand-made packages and a
 //! small records-to-table conversion.
 
 #![allow(dead_code)]
