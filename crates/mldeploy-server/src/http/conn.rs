@@ -71,6 +71,9 @@ pub(crate) struct ConnState {
     since: AtomicU64,
     /// The connection must linger before closing: request bytes may be left unread.
     linger: AtomicBool,
+    /// An answer is still being written (the socket pushed back): the connection is not idle
+    /// until it is flushed, however long the client takes to read it.
+    writing: AtomicBool,
     /// Requests begun on this connection.
     seq: AtomicU64,
     epoch: Instant,
@@ -82,6 +85,7 @@ impl ConnState {
             phase: AtomicU8::new(IDLE),
             since: AtomicU64::new(server.now_nanos()),
             linger: AtomicBool::new(false),
+            writing: AtomicBool::new(false),
             seq: AtomicU64::new(0),
             epoch: server.epoch,
         }
@@ -118,6 +122,14 @@ impl ConnState {
     pub(crate) fn end_request(&self, seq: u64) {
         if self.seq.load(Ordering::Relaxed) == seq {
             self.set(IDLE, self.now_nanos());
+        }
+    }
+
+    /// The socket took some of an answer: an idle connection's clock restarts, so a client
+    /// that reads a large answer slowly is not cut off while it reads.
+    fn wrote(&self) {
+        if self.phase.load(Ordering::Relaxed) == IDLE {
+            self.since.store(self.now_nanos(), Ordering::Relaxed);
         }
     }
 
@@ -257,6 +269,8 @@ fn phase_deadline(server: &Server, state: &ConnState) -> Option<(End, Instant)> 
     let settings = &server.ctx.settings;
     let (phase, since) = state.phase();
     match phase {
+        // An answer still being written: the client has `request_timeout` between two reads.
+        IDLE if state.writing.load(Ordering::Relaxed) => Some((End::Idle, since + settings.request_timeout)),
         IDLE => {
             let mut deadline = since + settings.keepalive;
             if let Some(drain) = server.drain_started() {
@@ -374,12 +388,23 @@ impl AsyncWrite for Tracked {
             let _ = this.poll_pending(cx);
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        match result {
+            Poll::Pending => this.state.writing.store(true, Ordering::Relaxed),
+            Poll::Ready(Ok(n)) if n > 0 => this.state.wrote(),
+            Poll::Ready(_) => {}
+        }
+        result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_pending(cx))?;
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let result = Pin::new(&mut self.stream).poll_flush(cx);
+        if matches!(result, Poll::Ready(Ok(()))) && self.state.writing.swap(false, Ordering::Relaxed) {
+            // Everything hyper had is on its way: the idle clock starts now.
+            self.state.wrote();
+        }
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

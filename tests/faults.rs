@@ -1,0 +1,1046 @@
+//! The fault and bad-input suite, against the real binaries on loopback: reloads and recycling
+//! under wrk load, a worker killed under load, slow and idle clients, and malformed, oversized
+//! or hostile requests. Every assertion is about counts, statuses and survival, never timings.
+//!
+//! wrk must be installed (`scripts/setup-test-deps.sh` installs it); the tests that need it
+//! fail with a message saying so when it is missing.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::http::Response;
+use common::libc_sig::{SIGHUP, SIGINT, SIGKILL};
+use common::{is_alive, wait_until, Server};
+
+const PREDICT: &str = "/api/ml/predict";
+const MIB: usize = 1024 * 1024;
+
+fn demo_sample(server: &Server) -> String {
+    server.get("/api/ml/metadata").json()["sample"].to_string()
+}
+
+/// Wait until the master has exactly `n` live workers; their pids, sorted.
+fn wait_workers(server: &Server, n: usize) -> Vec<i32> {
+    let ok = wait_until(Duration::from_secs(30), || server.worker_pids().len() == n);
+    assert!(ok, "expected {n} workers, have {:?}\n{}", server.worker_pids(), server.output());
+    sorted_workers(server)
+}
+
+fn sorted_workers(server: &Server) -> Vec<i32> {
+    let mut pids = server.worker_pids();
+    pids.sort_unstable();
+    pids
+}
+
+/// The sum of every sample of `name` whose labels contain all of `labels`, in a Prometheus
+/// text exposition.
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Predictions answered 200 so far, server-wide.
+fn predictions_served(server: &Server) -> f64 {
+    let text = server.get("/metrics").text();
+    metric_sum(&text, "mldeploy_requests_total", &[r#"route="/api/ml/predict""#, r#"status="200""#])
+}
+
+/// VmRSS of each of `pids`, in kB.
+fn rss_kb(pids: &[i32]) -> Vec<u64> {
+    pids.iter().map(|p| proc_status_kb(*p, "VmRSS").unwrap_or(0)).collect()
+}
+
+/// A field of /proc/PID/status in kB (VmRSS, VmHWM), if the process exists.
+fn proc_status_kb(pid: i32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    line[field.len() + 1..].split_whitespace().next()?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small HTTP/1.1 client over one socket, for what the shared client cannot do: know its local
+// port, half-close, read without blocking forever.
+
+struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn open(addr: SocketAddr) -> std::io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_nodelay(true)?;
+        Ok(Client { reader: BufReader::new(stream) })
+    }
+
+    fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+
+    fn local_port(&self) -> u16 {
+        self.stream().local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    fn post(&mut self, path: &str, body: &[u8]) -> std::io::Result<Response> {
+        let mut bytes = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        bytes.extend_from_slice(body);
+        self.reader.get_mut().write_all(&bytes)?;
+        self.read_response()
+    }
+
+    fn get(&mut self, path: &str) -> std::io::Result<Response> {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        self.reader.get_mut().write_all(head.as_bytes())?;
+        self.read_response()
+    }
+
+    /// Read one response: a Content-Length body, or everything until EOF after
+    /// `Connection: close`.
+    fn read_response(&mut self) -> std::io::Result<Response> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "connection closed before an answer"));
+        }
+        let status =
+            line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
+                std::io::Error::new(ErrorKind::InvalidData, format!("status line {line:?}"))
+            })?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "connection closed in the head"));
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let mut response = Response { status, headers, body: Vec::new() };
+        if status == 100 {
+            return self.read_response();
+        }
+        if let Some(len) = response.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            response.body.resize(len, 0);
+            self.reader.read_exact(&mut response.body)?;
+        } else if response.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+            self.reader.read_to_end(&mut response.body)?;
+        }
+        Ok(response)
+    }
+
+    /// Whether the server has closed the connection without sending anything more: reads
+    /// until EOF (true), data (false) or `limit` (false).
+    fn closed_without_data(&mut self, limit: Duration) -> bool {
+        let _ = self.stream().set_read_timeout(Some(limit.max(Duration::from_millis(1))));
+        let mut byte = [0u8; 1];
+        matches!(self.reader.read(&mut byte), Ok(0))
+    }
+}
+
+/// How a raw request ends on the client's side.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Ending {
+    /// Keep the connection open, sending nothing more.
+    Stop,
+    /// Shut down the writing half: the server reads EOF.
+    HalfClose,
+}
+
+/// Send `bytes` on a fresh connection (from a thread, so a server that answers before reading
+/// everything cannot block us) and read the answer.
+fn exchange(addr: SocketAddr, bytes: Vec<u8>, ending: Ending) -> std::io::Result<Response> {
+    let mut client = Client::open(addr)?;
+    let mut writer = client.stream().try_clone()?;
+    let sender = std::thread::spawn(move || {
+        // The server may answer and close before taking everything: write errors are expected.
+        let _ = writer.write_all(&bytes);
+        if ending == Ending::HalfClose {
+            let _ = writer.shutdown(Shutdown::Write);
+        }
+    });
+    let response = client.read_response();
+    // Unblock the sender if the server stopped reading.
+    let _ = client.stream().shutdown(Shutdown::Both);
+    let _ = sender.join();
+    response
+}
+
+fn post_head(len: usize, extra: &str) -> String {
+    format!(
+        "POST {PREDICT} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {len}\r\n{extra}\r\n"
+    )
+}
+
+fn post_bytes(body: &[u8]) -> Vec<u8> {
+    let mut bytes = post_head(body.len(), "").into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// Check that an error answer is JSON `{"error", "message", "request_id"}` with the request
+/// id of the `x-request-id` header; returns the `error` code.
+fn error_body_problem(r: &Response) -> Result<String, String> {
+    let body: serde_json::Value =
+        serde_json::from_slice(&r.body).map_err(|e| format!("body is not JSON ({e}): {:?}", r.text()))?;
+    let field = |name: &str| body[name].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    let (Some(error), Some(_message), Some(id)) = (field("error"), field("message"), field("request_id"))
+    else {
+        return Err(format!("error body lacks error/message/request_id: {body}"));
+    };
+    if r.header("x-request-id") != Some(id.as_str()) {
+        return Err(format!("request_id {id:?} differs from x-request-id {:?}", r.header("x-request-id")));
+    }
+    if !r.header("content-type").is_some_and(|t| t.starts_with("application/json")) {
+        return Err(format!("content-type {:?}", r.header("content-type")));
+    }
+    Ok(error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// wrk
+
+/// A wrk run in its own process group, stopped with SIGINT (wrk then prints its summary).
+/// Dropping it kills the group.
+struct Wrk {
+    child: Child,
+    script: PathBuf,
+}
+
+/// What wrk reported.
+#[derive(Debug)]
+struct WrkReport {
+    requests: u64,
+    non_2xx: u64,
+    socket_errors: u64,
+    text: String,
+}
+
+impl Wrk {
+    /// Keep-alive POSTs of `body` to predict on `connections` connections, for at most
+    /// `limit` (tests stop it earlier).
+    fn start(addr: SocketAddr, body: &str, connections: usize, limit: Duration) -> Wrk {
+        if Command::new("wrk").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err()
+        {
+            panic!("wrk is not installed: run scripts/setup-test-deps.sh (it installs the Debian package)");
+        }
+        let script =
+            std::env::temp_dir().join(format!("mldeploy-faults-{}-{}.lua", std::process::id(), addr.port()));
+        let lua = format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             wrk.body = [==[{body}]==]\n"
+        );
+        std::fs::write(&script, lua).expect("write the wrk script");
+        let mut cmd = Command::new("wrk");
+        cmd.args(["-t", "2", "-c", &connections.to_string(), "-d", &format!("{}s", limit.as_secs())])
+            // A slow answer is not a failure here: only errors and statuses count.
+            .args(["--timeout", "60s", "-s"])
+            .arg(&script)
+            .arg(format!("http://{addr}{PREDICT}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let child = cmd.spawn().expect("start wrk");
+        Wrk { child, script }
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stop wrk (SIGINT) and parse its summary.
+    fn finish(mut self) -> WrkReport {
+        common::kill(self.child.id() as i32, SIGINT);
+        let exited = wait_until(Duration::from_secs(30), || !self.running());
+        assert!(exited, "wrk did not stop on SIGINT");
+        let mut text = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = out.read_to_string(&mut text);
+        }
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = err.read_to_string(&mut text);
+        }
+        parse_wrk(text)
+    }
+}
+
+impl Drop for Wrk {
+    fn drop(&mut self) {
+        if self.running() {
+            common::kill(-(self.child.id() as i32), SIGKILL);
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.script);
+    }
+}
+
+/// The numbers of wrk's summary; the error lines are printed only when their counts are not 0.
+fn parse_wrk(text: String) -> WrkReport {
+    let numbers = |line: &str| -> Vec<u64> {
+        line.split(|c: char| !c.is_ascii_digit()).filter_map(|t| t.parse().ok()).collect()
+    };
+    let mut report = WrkReport { requests: 0, non_2xx: 0, socket_errors: 0, text: String::new() };
+    for line in text.lines().map(str::trim) {
+        if line.contains(" requests in ") {
+            report.requests = numbers(line).first().copied().unwrap_or(0);
+        } else if line.starts_with("Non-2xx or 3xx responses:") {
+            report.non_2xx = numbers(line).last().copied().unwrap_or(0);
+        } else if line.starts_with("Socket errors:") {
+            report.socket_errors = numbers(line).iter().sum();
+        }
+    }
+    report.text = text;
+    report
+}
+
+#[test]
+fn parse_wrk_reads_requests_and_errors() {
+    let clean = "Running 1m test @ http://127.0.0.1:1/x\n  2 threads and 32 connections\n  \
+                 54675 requests in 3.00s, 12.24MB read\nRequests/sec:  18205.33\n";
+    let r = parse_wrk(clean.to_string());
+    assert_eq!((r.requests, r.non_2xx, r.socket_errors), (54675, 0, 0));
+    let failing = "  1200 requests in 10.00s, 1.00MB read\n  Socket errors: connect 0, read 3, write 1, \
+                   timeout 2\n  Non-2xx or 3xx responses: 7\n";
+    let r = parse_wrk(failing.to_string());
+    assert_eq!((r.requests, r.non_2xx, r.socket_errors), (1200, 7, 6));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reload and recycle under wrk
+
+const WRK_CONNECTIONS: usize = 32;
+/// Predictions answered before the first reload, between reloads and after the last: spreads
+/// the reloads over a run of about 10 s on a 2-core machine (debug build) by counting answers.
+const LOAD_BETWEEN_EVENTS: f64 = 2000.0;
+
+/// Wait (bounded) until at least `more` predictions beyond `since` have been answered.
+fn wait_predictions(server: &Server, since: f64, more: f64) -> f64 {
+    let mut now = since;
+    let served = wait_until(Duration::from_secs(60), || {
+        now = predictions_served(server);
+        now >= since + more
+    });
+    assert!(served, "load stalled at {now} predictions (from {since})\n{}", server.output());
+    now
+}
+
+#[test]
+fn ten_hup_reloads_under_wrk_fail_no_request() {
+    let server = Server::start(&["serve", "--workers", "2", "--threads", "2"]);
+    let mut pids: HashSet<i32> = wait_workers(&server, 2).into_iter().collect();
+    let mut wrk = Wrk::start(server.addr, &demo_sample(&server), WRK_CONNECTIONS, Duration::from_secs(600));
+    let mut served = wait_predictions(&server, 0.0, LOAD_BETWEEN_EVENTS);
+    for reload in 1..=10 {
+        server.signal(SIGHUP);
+        let old = pids.clone();
+        let replaced = wait_until(Duration::from_secs(60), || {
+            let now: HashSet<i32> = server.worker_pids().into_iter().collect();
+            now.len() == 2 && now.is_disjoint(&old)
+        });
+        assert!(
+            replaced,
+            "reload {reload} did not replace {old:?}: {:?}\n{}",
+            server.worker_pids(),
+            server.output()
+        );
+        pids = server.worker_pids().into_iter().collect();
+        // The next reload happens under load too: the new generation must be answering.
+        served = wait_predictions(&server, served, LOAD_BETWEEN_EVENTS);
+        assert!(wrk.running(), "wrk ended before reload {reload}");
+    }
+    let report = wrk.finish();
+    eprintln!("wrk during 10 reloads:\n{}", report.text);
+    assert!(report.requests > 0, "wrk sent nothing:\n{}", report.text);
+    assert_eq!(report.non_2xx, 0, "non-2xx answers during reloads:\n{}\n{}", report.text, server.output());
+    assert_eq!(
+        report.socket_errors,
+        0,
+        "socket errors during reloads:\n{}\n{}",
+        report.text,
+        server.output()
+    );
+}
+
+#[test]
+fn max_requests_recycling_under_wrk_fails_no_request() {
+    let server = Server::start(&[
+        "serve",
+        "--workers",
+        "2",
+        "--threads",
+        "2",
+        "--max-requests",
+        "500",
+        "--max-requests-jitter",
+        "100",
+    ]);
+    let first = wait_workers(&server, 2);
+    let mut seen: HashSet<i32> = first.iter().copied().collect();
+    let mut wrk = Wrk::start(server.addr, &demo_sample(&server), WRK_CONNECTIONS, Duration::from_secs(600));
+    // At least twenty workers retired and replaced, over at least 20000 predictions.
+    let mut served = 0.0;
+    let recycled = wait_until(Duration::from_secs(180), || {
+        seen.extend(server.worker_pids());
+        if seen.len() >= first.len() + 20 {
+            served = predictions_served(&server);
+        }
+        (seen.len() >= first.len() + 20 && served >= 10.0 * LOAD_BETWEEN_EVENTS) || !wrk.running()
+    });
+    assert!(wrk.running(), "wrk ended early");
+    assert!(recycled, "only {} workers seen: {seen:?}\n{}", seen.len(), server.output());
+    let report = wrk.finish();
+    eprintln!("wrk during recycling ({} workers seen):\n{}", seen.len(), report.text);
+    assert!(report.requests > 0, "wrk sent nothing:\n{}", report.text);
+    assert_eq!(report.non_2xx, 0, "non-2xx answers during recycling:\n{}", report.text);
+    assert_eq!(report.socket_errors, 0, "socket errors during recycling:\n{}", report.text);
+    assert!(first.iter().all(|p| !is_alive(*p)), "the first workers were retired: {first:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker kill -9 under load
+
+/// Inodes of the sockets `pid` holds open.
+fn socket_inodes(pid: i32) -> HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return HashSet::new() };
+    dir.filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy().into_owned();
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// The client ports of the TCP connections to `server_port` that `pid` holds, from
+/// /proc/net/tcp{,6}: which client connections that process serves.
+fn client_ports_held_by(pid: i32, server_port: u16) -> HashSet<u16> {
+    let inodes = socket_inodes(pid);
+    let port_of = |addr: &str| addr.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+    let mut ports = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(inode)) = (fields.get(1), fields.get(2), fields.get(9))
+            else {
+                continue;
+            };
+            let Ok(inode) = inode.parse::<u64>() else { continue };
+            if port_of(local) == Some(server_port) && inodes.contains(&inode) {
+                if let Some(port) = port_of(remote).filter(|p| *p != 0) {
+                    ports.insert(port);
+                }
+            }
+        }
+    }
+    ports
+}
+
+/// One keep-alive load client's record.
+#[derive(Default)]
+struct ClientRecord {
+    ok: AtomicUsize,
+    /// Local port of the client's current connection.
+    port: AtomicU16,
+    /// (local port of the connection, what went wrong) per failed request.
+    failures: Mutex<Vec<(u16, String)>>,
+}
+
+#[test]
+fn killing_a_worker_under_load_fails_at_most_its_in_flight_requests() {
+    const CLIENTS: usize = 8;
+    let server = Server::start(&["serve", "--workers", "2", "--threads", "2", "--keepalive", "30"]);
+    wait_workers(&server, 2);
+    let body = demo_sample(&server);
+    let stop = Arc::new(AtomicBool::new(false));
+    let records: Vec<Arc<ClientRecord>> = (0..CLIENTS).map(|_| Arc::default()).collect();
+    let threads: Vec<_> = records
+        .iter()
+        .map(|record| {
+            let (addr, body, stop, record) = (server.addr, body.clone(), stop.clone(), record.clone());
+            std::thread::spawn(move || {
+                let connect = |record: &ClientRecord| loop {
+                    match Client::open(addr) {
+                        Ok(c) => {
+                            record.port.store(c.local_port(), Ordering::SeqCst);
+                            return Some(c);
+                        }
+                        Err(_) if stop.load(Ordering::SeqCst) => return None,
+                        Err(e) => {
+                            record.failures.lock().unwrap().push((0, format!("connect: {e}")));
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                };
+                let Some(mut client) = connect(&record) else { return };
+                while !stop.load(Ordering::SeqCst) {
+                    let port = client.local_port();
+                    match client.post(PREDICT, body.as_bytes()) {
+                        Ok(r) if r.status == 200 => {
+                            record.ok.fetch_add(1, Ordering::SeqCst);
+                            if r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                                let Some(c) = connect(&record) else { return };
+                                client = c;
+                            }
+                        }
+                        Ok(r) => {
+                            record.failures.lock().unwrap().push((port, format!("status {}", r.status)));
+                        }
+                        Err(e) => {
+                            record.failures.lock().unwrap().push((port, e.to_string()));
+                            let Some(c) = connect(&record) else { return };
+                            client = c;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let warmed =
+        wait_until(Duration::from_secs(30), || records.iter().all(|r| r.ok.load(Ordering::SeqCst) >= 5));
+    assert!(warmed, "clients never got going\n{}", server.output());
+
+    // The victim: the worker holding the most client connections.
+    let held: HashMap<i32, HashSet<u16>> = server
+        .worker_pids()
+        .into_iter()
+        .map(|pid| (pid, client_ports_held_by(pid, server.addr.port())))
+        .collect();
+    let (victim, victim_ports) = held.iter().max_by_key(|(_, ports)| ports.len()).expect("workers");
+    let (victim, victim_ports) = (*victim, victim_ports.clone());
+    let client_ports: HashSet<u16> = records.iter().map(|r| r.port.load(Ordering::SeqCst)).collect();
+    assert!(!victim_ports.is_empty(), "no worker holds a client connection: {held:?}");
+    assert!(victim_ports.is_subset(&client_ports), "held {victim_ports:?}, clients use {client_ports:?}");
+    let ok_at_kill: Vec<usize> = records.iter().map(|r| r.ok.load(Ordering::SeqCst)).collect();
+    common::kill(victim, SIGKILL);
+
+    let replaced = wait_until(Duration::from_secs(30), || {
+        let now = server.worker_pids();
+        now.len() == 2 && !now.contains(&victim)
+    });
+    assert!(replaced, "worker {victim} not replaced: {:?}\n{}", server.worker_pids(), server.output());
+    // Every client serves on after the kill, the victim's clients on new connections.
+    let recovered = wait_until(Duration::from_secs(60), || {
+        records.iter().zip(&ok_at_kill).all(|(r, before)| r.ok.load(Ordering::SeqCst) >= before + 20)
+    });
+    stop.store(true, Ordering::SeqCst);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert!(recovered, "some clients stopped being served after the kill\n{}", server.output());
+
+    let failures: Vec<Vec<(u16, String)>> =
+        records.iter().map(|r| r.failures.lock().unwrap().clone()).collect();
+    let total: usize = failures.iter().map(Vec::len).sum();
+    let ok: usize = records.iter().map(|r| r.ok.load(Ordering::SeqCst)).sum();
+    eprintln!(
+        "kill -9 of worker {victim} holding {} of {CLIENTS} connections: {total} failed, {ok} ok; {failures:?}",
+        victim_ports.len()
+    );
+    // Each connection carries one request at a time, so the victim had at most one request in
+    // flight per connection it held; those may fail, nothing else may.
+    assert!(
+        total <= victim_ports.len(),
+        "{total} failures for {} connections: {failures:?}",
+        victim_ports.len()
+    );
+    for f in failures.iter().flatten() {
+        assert!(
+            victim_ports.contains(&f.0),
+            "a request failed on a connection the victim did not hold: {f:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow and idle clients
+
+const SLOW_CLIENTS: usize = 500;
+
+/// Fresh connections are answered: a health check and a prediction.
+fn others_are_served(server: &Server, sample: &str) {
+    assert_eq!(server.get("/health").status, 200);
+    let r = server.post_json(PREDICT, sample);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn slowloris_connections_get_408_and_closed_while_others_are_served() {
+    let server = Server::start(&[
+        "serve",
+        "--workers",
+        "2",
+        "--threads",
+        "2",
+        "--request-timeout",
+        "2",
+        "--keepalive",
+        "2",
+    ]);
+    wait_workers(&server, 2);
+    let sample = demo_sample(&server);
+    // A head that never ends, one byte per second on each connection: more often than the
+    // request timeout, so a server that restarted its clock on every byte would never close them.
+    let head: Vec<u8> =
+        format!("POST {PREDICT} HTTP/1.1\r\nHost: localhost\r\nX-Slow: {}", "s".repeat(200)).into_bytes();
+    let mut slow: Vec<(TcpStream, Vec<u8>, bool)> = (0..SLOW_CLIENTS)
+        .map(|i| {
+            let mut s = TcpStream::connect(server.addr).unwrap_or_else(|e| panic!("slow client {i}: {e}"));
+            s.write_all(&head[..1]).expect("first byte");
+            s.set_nonblocking(true).unwrap();
+            (s, Vec::new(), false)
+        })
+        .collect();
+    // With all of them holding a started request, others are still served.
+    for _ in 0..5 {
+        others_are_served(&server, &sample);
+    }
+    let end = Instant::now() + Duration::from_secs(90);
+    let mut sent = 1;
+    while slow.iter().any(|(_, _, closed)| !closed) && Instant::now() < end {
+        std::thread::sleep(Duration::from_secs(1));
+        for (stream, answer, closed) in slow.iter_mut().filter(|(_, _, closed)| !closed) {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => {
+                        *closed = true;
+                        break;
+                    }
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        *closed = true;
+                        break;
+                    }
+                }
+            }
+            // Keep dripping until the server answers; then only read until it closes.
+            if !*closed && answer.is_empty() {
+                let _ = stream.write_all(&head[sent.min(head.len() - 1)..][..1]);
+            }
+        }
+        sent += 1;
+        if slow.iter().any(|(_, _, closed)| !closed) {
+            others_are_served(&server, &sample);
+        }
+    }
+    let open = slow.iter().filter(|(_, _, closed)| !closed).count();
+    assert_eq!(open, 0, "{open} slow connections never closed by the server\n{}", server.output());
+    let mut statuses: HashMap<String, usize> = HashMap::new();
+    for (_, answer, _) in &slow {
+        let text = String::from_utf8_lossy(answer);
+        let status = text.lines().next().unwrap_or("(closed without an answer)").to_string();
+        *statuses.entry(status).or_default() += 1;
+    }
+    eprintln!("slowloris answers: {statuses:?}");
+    for (_, answer, _) in &slow {
+        let text = String::from_utf8_lossy(answer);
+        assert!(text.starts_with("HTTP/1.1 408 "), "a slow client got {text:?}");
+        assert!(text.contains(r#""error":"request_timeout""#), "{text}");
+    }
+    others_are_served(&server, &sample);
+}
+
+#[test]
+fn idle_keepalive_connections_are_closed_after_keepalive_while_others_are_served() {
+    let server = Server::start(&[
+        "serve",
+        "--workers",
+        "2",
+        "--threads",
+        "2",
+        "--request-timeout",
+        "2",
+        "--keepalive",
+        "2",
+    ]);
+    wait_workers(&server, 2);
+    let sample = demo_sample(&server);
+    // Each idle connection has been used once (keep-alive), then sends nothing.
+    let mut idle: Vec<Client> = (0..SLOW_CLIENTS)
+        .map(|i| {
+            let mut c = Client::open(server.addr).unwrap_or_else(|e| panic!("idle client {i}: {e}"));
+            let r = c.get("/health").unwrap_or_else(|e| panic!("idle client {i}: {e}"));
+            assert_eq!(r.status, 200);
+            assert!(r.header("connection").is_none_or(|v| !v.eq_ignore_ascii_case("close")));
+            c
+        })
+        .collect();
+    // Connections that never sent a byte are idle too.
+    let mut silent: Vec<Client> = (0..100).map(|_| Client::open(server.addr).expect("connect")).collect();
+    for _ in 0..5 {
+        others_are_served(&server, &sample);
+    }
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut still_open = 0;
+    for c in idle.iter_mut().chain(silent.iter_mut()) {
+        if !c.closed_without_data(end.saturating_duration_since(Instant::now())) {
+            still_open += 1;
+        }
+    }
+    assert_eq!(
+        still_open,
+        0,
+        "idle connections not closed (or sent data) by the server\n{}",
+        server.output()
+    );
+    others_are_served(&server, &sample);
+}
+
+/// A big answer read slowly arrives whole: the keep-alive clock must not run while the
+/// answer is still being written.
+#[test]
+fn a_large_answer_read_slowly_arrives_whole() {
+    let server = Server::start_fault(&["serve", "--workers", "1", "--keepalive", "2"], &[]);
+    wait_workers(&server, 1);
+    // The fault model echoes `data` twice (prediction and input): about 12 MiB of answer,
+    // more than the socket buffers hold.
+    let numbers: Vec<String> = (0..900_000).map(|i| (100_000 + i).to_string()).collect();
+    let body = format!(r#"{{"data": [{}]}}"#, numbers.join(","));
+    assert!(body.len() < 10 * MIB);
+    let mut client = Client::open(server.addr).expect("connect");
+    let head = post_head(body.len(), "");
+    client.reader.get_mut().write_all(head.as_bytes()).unwrap();
+    client.reader.get_mut().write_all(body.as_bytes()).unwrap();
+    let mut line = String::new();
+    client.reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200 "), "{line}");
+    let mut length = 0;
+    loop {
+        line.clear();
+        client.reader.read_line(&mut line).unwrap();
+        if line.trim_end().is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().unwrap();
+        }
+    }
+    assert!(length > 10 * MIB, "answer of {length} bytes");
+    // A client that pauses longer than the keep-alive timeout before reading on.
+    std::thread::sleep(Duration::from_secs(5));
+    let mut answer = Vec::new();
+    let _ = (&mut client.reader).take(length as u64).read_to_end(&mut answer);
+    assert_eq!(answer.len(), length, "the answer was cut after {} of {length} bytes", answer.len());
+    assert!(serde_json::from_slice::<serde_json::Value>(&answer).is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input
+
+/// A bad request and the answers it may get.
+struct BadCase {
+    name: &'static str,
+    bytes: Vec<u8>,
+    ending: Ending,
+    /// Acceptable (status, error code) pairs.
+    expect: &'static [(u16, &'static str)],
+}
+
+fn case(name: &'static str, bytes: Vec<u8>, expect: &'static [(u16, &'static str)]) -> BadCase {
+    BadCase { name, bytes, ending: Ending::Stop, expect }
+}
+
+fn nested(depth: usize, open: &str, close: &str, inner: &str) -> Vec<u8> {
+    let mut s = open.repeat(depth);
+    s.push_str(inner);
+    s.push_str(&close.repeat(depth));
+    s.into_bytes()
+}
+
+/// How many copies of `row` make a list of at least `bytes`.
+fn rows_for(row: &str, bytes: usize) -> usize {
+    bytes / (row.len() + 1) + 1
+}
+
+/// `{"data": [row, row, ...]}` with `count` copies of `row`.
+fn data_of_rows(row: &str, count: usize) -> Vec<u8> {
+    let mut s = String::with_capacity(count * (row.len() + 1) + 16);
+    s.push_str(r#"{"data": ["#);
+    for i in 0..count {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(row);
+    }
+    s.push_str("]}");
+    s.into_bytes()
+}
+
+fn bad_cases() -> Vec<BadCase> {
+    const HEAD_431: &[(u16, &str)] = &[(431, "header_too_large"), (414, "uri_too_long")];
+    const TOO_LARGE: &[(u16, &str)] = &[(413, "payload_too_large")];
+    const CUT_SHORT: &[(u16, &str)] = &[(400, "bad_request")];
+    const TIMEOUT: &[(u16, &str)] = &[(408, "request_timeout")];
+    const BAD_JSON: &[(u16, &str)] = &[(400, "invalid_json")];
+    const OUT_OF_RANGE: &[(u16, &str)] = &[(400, "invalid_json"), (422, "invalid_input")];
+    const INVALID: &[(u16, &str)] = &[(422, "invalid_input")];
+    const BAD_SHAPE: &[(u16, &str)] = &[(400, "bad_request"), (422, "invalid_input")];
+    const MALFORMED: &[(u16, &str)] = &[(400, "bad_request")];
+
+    let over_body = 11 * MIB;
+    let chunked = {
+        let mut b =
+            format!("POST {PREDICT} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .into_bytes();
+        let chunk = vec![b'1'; 64 * 1024];
+        for _ in 0..over_body / chunk.len() + 1 {
+            b.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            b.extend_from_slice(&chunk);
+            b.extend_from_slice(b"\r\n");
+        }
+        b.extend_from_slice(b"0\r\n\r\n");
+        b
+    };
+    let mut over_with_body = post_head(over_body, "").into_bytes();
+    over_with_body.resize(over_with_body.len() + over_body, b'1');
+    let truncated = {
+        let mut b = post_head(1000, "").into_bytes();
+        b.extend_from_slice(br#"{"data": [[5.1, 3.5"#);
+        b
+    };
+    let truncated_chunked = format!(
+        "POST {PREDICT} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n{{\"data\": [["
+    )
+    .into_bytes();
+
+    vec![
+        case(
+            "request line over 8 KiB",
+            format!("GET /health?pad={} HTTP/1.1\r\nHost: localhost\r\n\r\n", "a".repeat(9000)).into_bytes(),
+            HEAD_431,
+        ),
+        case(
+            "request line of 64 KiB",
+            format!("GET /health?pad={} HTTP/1.1\r\nHost: localhost\r\n\r\n", "a".repeat(64 * 1024))
+                .into_bytes(),
+            HEAD_431,
+        ),
+        case(
+            "one header over 8 KiB",
+            format!("GET /health HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}\r\n\r\n", "a".repeat(9000))
+                .into_bytes(),
+            HEAD_431,
+        ),
+        case(
+            "headers over 8 KiB in total",
+            format!(
+                "GET /health HTTP/1.1\r\nHost: localhost\r\n{}\r\n",
+                (0..90).map(|i| format!("X-Pad-{i}: {}\r\n", "b".repeat(100))).collect::<String>()
+            )
+            .into_bytes(),
+            HEAD_431,
+        ),
+        case(
+            "more than 100 headers",
+            format!(
+                "GET /health HTTP/1.1\r\nHost: localhost\r\n{}\r\n",
+                (0..120).map(|i| format!("X-H{i}: 1\r\n")).collect::<String>()
+            )
+            .into_bytes(),
+            HEAD_431,
+        ),
+        case(
+            "Content-Length over --max-body, body not sent",
+            post_head(over_body, "").into_bytes(),
+            TOO_LARGE,
+        ),
+        case("Content-Length over --max-body, body sent", over_with_body, TOO_LARGE),
+        case("chunked body over --max-body", chunked, TOO_LARGE),
+        BadCase {
+            ending: Ending::HalfClose,
+            ..case("body cut short, then half-close", truncated.clone(), CUT_SHORT)
+        },
+        case("body cut short, then silence", truncated, TIMEOUT),
+        BadCase {
+            ending: Ending::HalfClose,
+            ..case("chunked body cut short, then half-close", truncated_chunked.clone(), CUT_SHORT)
+        },
+        case("chunked body cut short, then silence", truncated_chunked, TIMEOUT),
+        case(
+            "head cut short, then silence",
+            format!("POST {PREDICT} HTTP/1.1\r\nHost: loc").into_bytes(),
+            TIMEOUT,
+        ),
+        case(
+            "invalid UTF-8 in a JSON string",
+            post_bytes(b"{\"data\": [[\"\xff\xfe\", 3.5, 1.4, 0.2]]}"),
+            BAD_JSON,
+        ),
+        case("invalid UTF-8 in a JSON key", post_bytes(b"[{\"sepal\xc3\x28\": 5.1}]"), BAD_JSON),
+        case(
+            "invalid UTF-8 outside strings",
+            post_bytes(b"{\"data\": [[5.1, 3.5, 1.4, 0.2]]}\xc3\x28"),
+            BAD_JSON,
+        ),
+        case("100000 unclosed [", post_bytes(&nested(100_000, "[", "", "")), BAD_JSON),
+        case("100000 nested lists", post_bytes(&nested(100_000, "[", "]", "")), BAD_JSON),
+        case("100000 nested objects", post_bytes(&nested(100_000, r#"{"a":"#, "}", "1")), BAD_JSON),
+        case("100000 nested in data", post_bytes(&nested(100_000, r#"{"data":"#, "}", "[]")), BAD_JSON),
+        case("number 1e400", post_bytes(br#"{"data": [[1e400, 3.5, 1.4, 0.2]]}"#), OUT_OF_RANGE),
+        case("number -1e400", post_bytes(br#"{"data": [[5.1, -1e400, 1.4, 0.2]]}"#), OUT_OF_RANGE),
+        case("number 1e400 in a record", post_bytes(br#"[{"sepal_length": 1e400}]"#), OUT_OF_RANGE),
+        case("string \"1e400\"", post_bytes(br#"{"data": [["1e400", 3.5, 1.4, 0.2]]}"#), INVALID),
+        case("9 MiB row of numbers", one_huge_row(), BAD_SHAPE),
+        case(
+            "9 MiB flat list of numbers",
+            post_bytes(&data_of_rows("5.1", rows_for("5.1", 9 * MIB))),
+            BAD_SHAPE,
+        ),
+        case(
+            "9 MiB of one-value rows",
+            post_bytes(&data_of_rows("[5.1]", rows_for("[5.1]", 9 * MIB))),
+            INVALID,
+        ),
+        case("empty body", post_bytes(b""), BAD_JSON),
+        case("malformed request line", b"\x00\x01 garbage\r\n\r\n".to_vec(), MALFORMED),
+        case(
+            "Content-Length not a number",
+            format!("POST {PREDICT} HTTP/1.1\r\nHost: localhost\r\nContent-Length: ten\r\n\r\n").into_bytes(),
+            MALFORMED,
+        ),
+    ]
+}
+
+/// One row of about 9 MiB of numbers, as a whole request.
+fn one_huge_row() -> Vec<u8> {
+    let count = 9 * MIB / 4;
+    let mut s = String::with_capacity(9 * MIB + 32);
+    s.push_str(r#"{"data": [["#);
+    for i in 0..count {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str("5.1");
+    }
+    s.push_str("]]}");
+    post_bytes(s.as_bytes())
+}
+
+#[test]
+fn bad_requests_get_their_4xx_and_the_workers_survive_with_bounded_memory() {
+    let server = Server::start(&["serve", "--workers", "2", "--threads", "2", "--request-timeout", "2"]);
+    let pids = wait_workers(&server, 2);
+    let sample = demo_sample(&server);
+    let mut problems: Vec<String> = Vec::new();
+    for c in bad_cases() {
+        match exchange(server.addr, c.bytes, c.ending) {
+            Err(e) => problems.push(format!("{}: no answer: {e}", c.name)),
+            Ok(r) => {
+                let code = error_body_problem(&r);
+                eprintln!("{}: {} {:?}; workers' VmRSS kB: {:?}", c.name, r.status, code, rss_kb(&pids));
+                match code {
+                    Err(p) => problems.push(format!("{}: status {}: {p}", c.name, r.status)),
+                    Ok(code) if !c.expect.iter().any(|(s, e)| *s == r.status && *e == code) => problems.push(
+                        format!("{}: got {} {code:?}, expected one of {:?}", c.name, r.status, c.expect),
+                    ),
+                    Ok(_) => {}
+                }
+            }
+        }
+        let now = sorted_workers(&server);
+        if now != pids {
+            problems.push(format!("{}: workers {pids:?} became {now:?}", c.name));
+        }
+        if server.get("/health").status != 200 {
+            problems.push(format!("{}: not healthy after it", c.name));
+        }
+    }
+    // A valid batch of about 1 MiB is predicted whole.
+    let row = "[5.1,3.5,1.4,0.2]";
+    let rows = rows_for(row, MIB);
+    let batch = data_of_rows(row, rows);
+    let r = server.post_json(PREDICT, std::str::from_utf8(&batch).unwrap());
+    if r.status != 200 {
+        problems.push(format!("1 MiB valid batch: status {}: {}", r.status, r.text()));
+    } else {
+        let predicted = r.json()["target"]["y_predicted"].as_array().map_or(0, Vec::len);
+        if predicted != rows {
+            problems.push(format!("1 MiB valid batch: {predicted} predictions for {rows} rows"));
+        }
+    }
+    others_are_served(&server, &sample);
+    if sorted_workers(&server) != pids {
+        problems.push(format!("workers {pids:?} became {:?}", sorted_workers(&server)));
+    }
+    // The heaviest of them again: the memory the workers keep reaches a plateau (allocator
+    // retention), it does not grow with every request.
+    let heavy = post_bytes(&data_of_rows("[5.1]", rows_for("[5.1]", 9 * MIB)));
+    for round in 1..=4 {
+        let r = exchange(server.addr, heavy.clone(), Ending::Stop);
+        if r.as_ref().map(|r| r.status).ok() != Some(422) {
+            problems.push(format!("9 MiB of one-value rows, again ({round}): {r:?}"));
+        }
+        eprintln!("9 MiB of one-value rows, again ({round}): workers' VmRSS kB: {:?}", rss_kb(&pids));
+    }
+    if sorted_workers(&server) != pids {
+        problems.push(format!("workers {pids:?} became {:?}", sorted_workers(&server)));
+    }
+    // A 9 MiB body of small values costs a worker about 350 MB while it is decoded, and the
+    // allocator keeps it (per serving thread): about 750 MB per worker were seen after these
+    // requests with --threads 2 (debug build). The cap leaves a margin over that; leaks are
+    // the next test's business.
+    const RSS_CAP_KB: u64 = 1536 * 1024;
+    for pid in &pids {
+        let rss = proc_status_kb(*pid, "VmRSS").unwrap_or(0);
+        let peak = proc_status_kb(*pid, "VmHWM").unwrap_or(0);
+        eprintln!("worker {pid}: VmRSS {rss} kB, VmHWM {peak} kB");
+        if rss > RSS_CAP_KB {
+            problems.push(format!("worker {pid} holds {rss} kB after the bad requests"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}\n{}",
+        problems.len(),
+        problems.join("\n"),
+        server.output()
+    );
+}
+
+#[test]
+fn memory_reaches_a_plateau_under_repeated_huge_bodies() {
+    // One worker with one serving thread: every request lands on the same allocator arena.
+    let server = Server::start(&["serve", "--workers", "1", "--threads", "1"]);
+    let worker = wait_workers(&server, 1)[0];
+    let heavy = post_bytes(&data_of_rows("[5.1]", rows_for("[5.1]", 4 * MIB)));
+    let send = |what: &str| {
+        let r = exchange(server.addr, heavy.clone(), Ending::Stop).expect("answered");
+        assert_eq!(r.status, 422, "{what}: {}", r.text());
+        let rss = proc_status_kb(worker, "VmRSS").expect("the worker lives");
+        eprintln!("{what}: VmRSS {rss} kB");
+        rss
+    };
+    // The allocator grows over the first few such requests (140 MB after one, 240 MB from
+    // the fourth on, debug build)...
+    let warm = (1..=6).map(|i| send(&format!("warm-up {i}"))).max().unwrap_or(0);
+    // ...and then serves the same requests again from what it holds: a request that leaked
+    // 7 MB or more would show over six rounds.
+    let after = (1..=6).map(|i| send(&format!("round {i}"))).max().unwrap_or(0);
+    assert!(
+        after <= warm + 40 * 1024,
+        "worker memory grew from {warm} kB to {after} kB over six identical requests"
+    );
+    assert_eq!(server.worker_pids(), vec![worker]);
+}
