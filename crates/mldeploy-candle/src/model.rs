@@ -4,7 +4,7 @@ use mldeploy_model::{
     Column, Dtype, FeatureValues, FeedbackInput, LoadContext, Model, ModelError, ModelInfo, PredictInput,
     Response, RowError, ScrapedGauge, Table,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::feedback::{fingerprint, FeedbackStore, Figures, Layout};
@@ -197,31 +197,29 @@ impl BuiltinModel {
         self.feedback.figures()
     }
 
-    /// The rows of `table` as records, for a response's `input`.
-    fn records(&self, table: &Table) -> Value {
+    /// The rows of `table` as arrays in schema order, for a response's `input` (ml-deploy
+    /// echoed its `X` the same way). Arrays rather than records: the feature names are in the
+    /// metadata once, not repeated in every row of every answer and event.
+    fn rows(&self, table: &Table) -> Value {
         let features = &self.manifest.features;
         let rows = (0..table.n_rows)
             .map(|r| {
-                // Collecting (rather than inserting one by one) lets the map build in bulk.
-                let record: Map<String, Value> = features
+                let row: Vec<Value> = features
                     .iter()
                     .zip(&table.columns)
-                    .map(|(f, column)| {
-                        let value = match column {
-                            Column::Category(v) => Value::String(v[r].clone()),
-                            Column::Numeric(v) => {
-                                let x = v[r];
-                                match f.dtype {
-                                    Dtype::Bool => Value::Bool(x != 0.0),
-                                    Dtype::Int if x.fract() == 0.0 && x.abs() < 9.0e15 => json!(x as i64),
-                                    _ => number(x),
-                                }
+                    .map(|(f, column)| match column {
+                        Column::Category(v) => Value::String(v[r].clone()),
+                        Column::Numeric(v) => {
+                            let x = v[r];
+                            match f.dtype {
+                                Dtype::Bool => Value::Bool(x != 0.0),
+                                Dtype::Int if x.fract() == 0.0 && x.abs() < 9.0e15 => json!(x as i64),
+                                _ => number(x),
                             }
-                        };
-                        (f.name.clone(), value)
+                        }
                     })
                     .collect();
-                Value::Object(record)
+                Value::Array(row)
             })
             .collect();
         Value::Array(rows)
@@ -299,7 +297,7 @@ impl Model for BuiltinModel {
         let prediction = self.predict_table(table)?;
         Ok(Response {
             target: self.target(&prediction),
-            input: self.records(table),
+            input: self.rows(table),
             list_metrics: vec![],
             topics: vec![],
         })
@@ -395,7 +393,7 @@ impl Model for BuiltinModel {
         }
         Ok(Response {
             target,
-            input: self.records(table),
+            input: self.rows(table),
             list_metrics: figures.map(|f| f.metric_values()).unwrap_or_default(),
             topics: vec![],
         })

@@ -7,7 +7,7 @@ use std::path::Path;
 use common::{records_from_rows, table_from_records};
 use mldeploy_candle::BuiltinLoader;
 use mldeploy_model::{LoadContext, ModelLoader, PredictInput};
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[test]
 fn the_embedded_demo_predicts_its_sample() {
@@ -34,7 +34,8 @@ fn the_embedded_demo_predicts_its_sample() {
     assert_eq!(probs.len(), 3);
     assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     assert!(probs[0] > 0.9, "{probs:?}");
-    assert_eq!(response.input, Value::Array(records));
+    // The input is echoed as rows in schema order, as ml-deploy echoed its X.
+    assert_eq!(response.input, json!([[5.1, 3.5, 1.4, 0.2]]));
 
     assert_eq!(BuiltinLoader.describe(None), "iris-demo 1.0.0 (logistic_regression) from embedded demo");
 }
