@@ -15,4 +15,6 @@ cargo fmt --all -- --check
 cargo clippy -j"$JOBS" --workspace --all-targets --quiet -- -D warnings
 # Integration tests start several multi-process servers: run test binaries one after another,
 # and each binary's tests two at a time, so a 2-core machine is not oversubscribed.
+# The Kafka tests also run the example model's binary.
+cargo build -j"$JOBS" --workspace --bins
 cargo test -j"$JOBS" --workspace --all-targets -- --test-threads=2

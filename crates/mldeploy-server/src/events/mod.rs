@@ -4,12 +4,12 @@
 //! - [`start`] runs in a worker, after the fork (librdkafka is not fork-safe). It returns the
 //!   request threads' handle, [`Events`], and the [`Producer`] that owns the producer thread.
 //!   Without brokers configured both are inert and nothing is started.
-//! - [`Events::emit`] never blocks and never calls Kafka: it hands the event to a bounded
-//!   channel with `try_send`. A full channel (or a stopped producer) drops the event, counts it
-//!   per topic with [`EventStats::dropped`] and logs a warning at most once every
-//!   [`WARNING_INTERVAL`], with the number dropped since the last one.
+//! - [`Events::emit`] and [`Events::emit_json`] never block and never call Kafka: they hand
+//!   the event to a bounded channel with `try_send`. A full channel (or a stopped producer)
+//!   drops the event, counts it per topic with [`EventStats::dropped`] and logs a warning at
+//!   most once every [`WARNING_INTERVAL`], with the number dropped since the last one.
 //! - The producer thread builds the message (the response JSON plus `timestamp`, `request_id`,
-//!   `worker_pid`, `route`; see [`message`]) and produces it to the route's topic and to every
+//!   `worker_pid`, `route`) and produces it to the route's topic and to every
 //!   topic the response lists, each once, keyed by the model name, with `model` and `version`
 //!   headers. Delivery reports count [`EventStats::delivered`] or [`EventStats::failed`] per
 //!   topic; a topic the broker does not have is warned about once and its events count as failed.
@@ -32,7 +32,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use slog::{error, info, warn, Logger};
 
 use crate::config::ConfigError;
-use message::{for_each_topic, Topics};
+use message::{Body, Topics};
 
 /// Default capacity of the channel in front of the producer thread.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
@@ -164,9 +164,26 @@ pub struct Event {
     pub route: String,
 }
 
+/// [`Event`] with the response already serialized: the bytes sent to the client, which must
+/// be a JSON object. Cheaper for the request thread than building a `serde_json::Value`, and
+/// the producer thread appends its fields without re-serializing the response.
+#[derive(Debug)]
+pub struct JsonEvent {
+    pub kind: EventKind,
+    /// The response body as sent (target, input, list_metrics, topics, model, version).
+    pub body: bytes::Bytes,
+    /// The request id the client saw in `x-request-id`.
+    pub request_id: String,
+    /// The route path, for example `/api/ml/predict`.
+    pub route: String,
+}
+
 /// An event in the channel, with the time it was queued.
 struct Queued {
-    event: Event,
+    kind: EventKind,
+    body: Body,
+    request_id: String,
+    route: String,
     timestamp_ms: i64,
 }
 
@@ -208,30 +225,47 @@ impl Events {
 
     /// Queue an event; never blocks. A full channel or a stopped producer drops it (counted).
     pub fn emit(&self, event: Event) {
+        self.queue(event.kind, Body::Value(event.response), event.request_id, event.route);
+    }
+
+    /// Queue an already serialized event; never blocks. Like [`Events::emit`].
+    pub fn emit_json(&self, event: JsonEvent) {
+        self.queue(event.kind, Body::Json(event.body), event.request_id, event.route);
+    }
+
+    fn queue(&self, kind: EventKind, body: Body, request_id: String, route: String) {
         let Some(shared) = &self.shared else { return };
         // SeqCst on both atomics here and in the producer thread: either this call sees
         // `closed`, or the producer thread sees it in `emitting` and waits for it.
         shared.emitting.fetch_add(1, Ordering::SeqCst);
+        let queued = Queued { kind, body, request_id, route, timestamp_ms: now_ms() };
         let rejected = if shared.closed.load(Ordering::SeqCst) {
-            Some((event, "producer stopped"))
+            Some((queued, "producer stopped"))
         } else {
-            match shared.tx.try_send(Queued { event, timestamp_ms: now_ms() }) {
+            match shared.tx.try_send(queued) {
                 Ok(()) => None,
-                Err(TrySendError::Full(q)) => Some((q.event, "queue full")),
-                Err(TrySendError::Disconnected(q)) => Some((q.event, "producer stopped")),
+                Err(TrySendError::Full(q)) => Some((q, "queue full")),
+                Err(TrySendError::Disconnected(q)) => Some((q, "producer stopped")),
             }
         };
         shared.emitting.fetch_sub(1, Ordering::SeqCst);
-        if let Some((event, reason)) = rejected {
-            shared.dropped(&event, reason);
+        if let Some((queued, reason)) = rejected {
+            shared.dropped(&queued, reason);
         }
     }
 }
 
 impl Shared {
-    /// Counts a dropped event for each of its topics and warns (rate-limited).
-    fn dropped(&self, event: &Event, reason: &'static str) {
-        for_each_topic(self.topics.of(event.kind), &event.response, |topic| self.stats.dropped(topic));
+    /// Counts a dropped event for each of its topics.
+    fn count_dropped(&self, queued: &Queued) {
+        for topic in queued.body.topics(self.topics.of(queued.kind)) {
+            self.stats.dropped(&topic);
+        }
+    }
+
+    /// Counts a dropped event and warns (rate-limited).
+    fn dropped(&self, queued: &Queued, reason: &'static str) {
+        self.count_dropped(queued);
         if let Some(count) = self.drops.hit() {
             warn!(self.log, "metric events dropped";
                 "reason" => reason, "dropped" => count, "queue_capacity" => self.tx.capacity().unwrap_or(0));

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message as _, OwnedHeaders};
@@ -17,7 +17,7 @@ use rdkafka::ClientContext;
 use slog::{debug, error, info, warn, Logger};
 
 use super::message::{self, Message, Stamp};
-use super::{for_each_topic, EventStats, Queued, Shared, Throttle, WARNING_INTERVAL};
+use super::{EventStats, Queued, Shared, Throttle, WARNING_INTERVAL};
 
 /// The librdkafka producer of a worker.
 pub(crate) type Kafka = ThreadedProducer<Context>;
@@ -123,6 +123,10 @@ pub(crate) struct ProducerThread {
     deadline: Option<Instant>,
 }
 
+/// How long the busy producer thread lets events accumulate in the channel between two takes.
+/// Short next to librdkafka's own batching delay (`linger.ms`).
+const BATCH_PAUSE: Duration = Duration::from_millis(2);
+
 /// How long to wait for room when librdkafka's own queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(10);
 
@@ -140,8 +144,13 @@ impl ProducerThread {
     }
 
     /// Produce events until a stop arrives, then finish by its deadline.
+    ///
+    /// Idle, the thread blocks on the channel. Busy, it takes everything queued, then pauses
+    /// for [`BATCH_PAUSE`] instead of blocking on the channel again: a request thread that
+    /// queues an event while nobody waits on the channel makes no wake-up call, so under load
+    /// the cost of waking this thread is paid once per pause, not once per event.
     pub(crate) fn run(mut self) {
-        loop {
+        while self.deadline.is_none() {
             select! {
                 recv(self.rx) -> queued => match queued {
                     Ok(queued) => self.produce(queued),
@@ -152,8 +161,16 @@ impl ProducerThread {
                     break;
                 },
             }
-            if self.deadline.is_some() {
-                break;
+            while self.deadline.is_none() {
+                while let Ok(queued) = self.rx.try_recv() {
+                    self.produce(queued);
+                }
+                match self.stop.recv_timeout(BATCH_PAUSE) {
+                    Ok(deadline) => self.deadline = Some(deadline),
+                    Err(RecvTimeoutError::Disconnected) => self.deadline = Some(Instant::now()),
+                    Err(RecvTimeoutError::Timeout) if self.rx.is_empty() => break,
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
             }
         }
         self.finish();
@@ -162,7 +179,14 @@ impl ProducerThread {
     /// Builds the message of one event and hands it to librdkafka for each of its topics.
     fn produce(&mut self, queued: Queued) {
         let stamp = Stamp { timestamp_ms: queued.timestamp_ms, worker_pid: self.worker_pid };
-        let message = message::build(queued.event, &self.shared.topics, stamp);
+        let message = message::build(
+            queued.kind,
+            queued.body,
+            &queued.request_id,
+            &queued.route,
+            &self.shared.topics,
+            stamp,
+        );
         for topic in &message.topics {
             self.shared.stats.sent(topic);
             self.send(&message, topic);
@@ -228,8 +252,7 @@ impl ProducerThread {
             if Instant::now() < deadline {
                 self.produce(queued);
             } else {
-                let topic = self.shared.topics.of(queued.event.kind);
-                for_each_topic(topic, &queued.event.response, |t| self.shared.stats.dropped(t));
+                self.shared.count_dropped(&queued);
                 dropped += 1;
             }
         }

@@ -102,6 +102,15 @@ fn feedback(n: usize) -> Event {
     }
 }
 
+fn serialized(event: Event) -> JsonEvent {
+    JsonEvent {
+        kind: event.kind,
+        body: serde_json::to_vec(&event.response).unwrap().into(),
+        request_id: event.request_id,
+        route: event.route,
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -143,7 +152,12 @@ fn a_full_channel_drops_counts_and_warns_once_per_interval() {
         })),
     };
     for n in 0..5 {
-        events.emit(predict(n, &["predict", "audit"]));
+        let event = predict(n, &["predict", "audit"]);
+        if n % 2 == 0 {
+            events.emit(event);
+        } else {
+            events.emit_json(serialized(event));
+        }
     }
     assert_eq!(rx.len(), 2);
     assert_eq!(stats.get("dropped", "predict"), 3);
@@ -364,8 +378,14 @@ fn every_event_reaches_each_of_its_topics_once() {
     };
     let stats = Arc::new(TestStats::default());
     let (events, producer) = start(&settings(broker.address()), Lines::default().logger(), stats.clone());
+    // Half of them serialized already, as the HTTP layer hands them over.
     for n in 0..500 {
-        events.emit(predict(n, &["predict", "audit"]));
+        let event = predict(n, &["predict", "audit"]);
+        if n % 2 == 0 {
+            events.emit(event);
+        } else {
+            events.emit_json(serialized(event));
+        }
     }
     for n in 0..200 {
         events.emit(feedback(n));

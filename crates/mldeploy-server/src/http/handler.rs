@@ -25,7 +25,7 @@ use slog::{debug, error, info};
 
 use super::conn::ConnState;
 use super::{multipart, ServeContext, Server, API_VERSION};
-use crate::events::{Event, EventKind};
+use crate::events::{EventKind, JsonEvent};
 use crate::metrics::Format;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -695,22 +695,16 @@ fn model_reply(
         }
     };
     if emit {
-        let mut value = serde_json::Map::new();
-        value.insert("list_metrics".into(), serde_json::to_value(&response.list_metrics).unwrap_or_default());
-        value.insert("target".into(), response.target);
-        value.insert("input".into(), response.input);
-        value.insert("topics".into(), Value::from(response.topics));
-        value.insert("model".into(), Value::from(info.name.as_str()));
-        value.insert("version".into(), Value::from(info.version.as_str()));
-        if !rejected.is_empty() {
-            value.insert("rejected".into(), serde_json::to_value(rejected).unwrap_or_default());
-        }
-        events.emit(Event {
+        // The event carries the bytes the client got; the producer thread adds its context
+        // fields without parsing or serialising the answer again.
+        let bytes = Bytes::from(bytes);
+        events.emit_json(JsonEvent {
             kind,
-            response: Value::Object(value),
+            body: bytes.clone(),
             request_id: id.to_string(),
             route: route.clone(),
         });
+        return Reply::json(StatusCode::OK, bytes);
     }
     Reply::json(StatusCode::OK, bytes)
 }
