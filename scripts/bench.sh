@@ -52,6 +52,9 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/mldeploy-bench.XXXXXX")"
 export PYTHONDONTWRITEBYTECODE=1
+# ml-deploy (through mlflow) may write into its working directory: give it a scratch one.
+ML_DEPLOY_CWD="$RUN_DIR/ml-deploy-cwd"
+mkdir -p "$ML_DEPLOY_CWD"
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 
@@ -198,9 +201,10 @@ start_nginx() {
 start_ml_deploy() {
     local workers=$1 threads=$2 port=$3
     shift 3
-    COMMANDS[ml-deploy${1:+ (recycling run)}]="cd scripts/bench && BENCH_PIPELINE=pipeline.joblib ml-deploy --config ml-deploy-config.yaml --mode production --workers W --threads T --http-port PORT${1:+ $*}"
-    (cd "$BENCH_DIR" && BENCH_PIPELINE="$MODEL_DIR/pipeline.joblib" exec "$VENV/bin/ml-deploy" \
-        --config ml-deploy-config.yaml --mode production --workers "$workers" \
+    COMMANDS[ml-deploy${1:+ (recycling run)}]="PYTHONPATH=scripts/bench BENCH_PIPELINE=pipeline.joblib ml-deploy --config scripts/bench/ml-deploy-config.yaml --mode production --workers W --threads T --http-port PORT${1:+ $*}  (in a scratch directory)"
+    (cd "$ML_DEPLOY_CWD" && PYTHONPATH="$BENCH_DIR" BENCH_PIPELINE="$MODEL_DIR/pipeline.joblib" \
+        exec "$VENV/bin/ml-deploy" \
+        --config "$BENCH_DIR/ml-deploy-config.yaml" --mode production --workers "$workers" \
         --threads "$threads" --http-port "$port" "$@") >"$OUT/ml-deploy-$port.log" 2>&1 &
     SERVER_PID=$!
     STARTED_PIDS+=("$SERVER_PID")
@@ -351,30 +355,33 @@ lifecycle_command() {
                 --threads 2 --bind "127.0.0.1:$port")
             ;;
         ml-deploy)
-            LC_CMD=(env -C "$BENCH_DIR" BENCH_PIPELINE="$MODEL_DIR/pipeline.joblib"
-                "$VENV/bin/ml-deploy" --config ml-deploy-config.yaml --mode production
+            LC_CMD=(env -C "$ML_DEPLOY_CWD" PYTHONPATH="$BENCH_DIR"
+                BENCH_PIPELINE="$MODEL_DIR/pipeline.joblib" "$VENV/bin/ml-deploy"
+                --config "$BENCH_DIR/ml-deploy-config.yaml" --mode production
                 --workers "$workers" --threads 2 --http-port "$port")
             ;;
     esac
 }
 
 lifecycle_runs() {
-    local system mode workers rounds i
+    local system mode workers servers rounds i
     : >"$OUT/lifecycle.tsv"
     for system in $SYSTEMS; do
         [ "$system" = nginx ] && continue
-        # Start-up: LIFECYCLE_ROUNDS fresh starts with 4 workers. Respawn: one server with one
-        # worker (so nothing else can answer), killed LIFECYCLE_ROUNDS times.
-        for mode in startup respawn; do
-            workers=4 rounds=$LIFECYCLE_ROUNDS
-            [ "$mode" = respawn ] && workers=1 rounds=1
-            for i in $(seq 1 "$rounds"); do
+        # startup: fresh starts with 4 workers. respawn: a fresh server with one worker (so
+        # nothing else can answer) per kill. respawn-repeated: one server whose only worker is
+        # killed LIFECYCLE_ROUNDS times, 0.5 s apart (shows any crash back-off).
+        for mode in startup respawn respawn-repeated; do
+            workers=1 servers=$LIFECYCLE_ROUNDS rounds=1
+            [ "$mode" = startup ] && workers=4
+            [ "$mode" = respawn-repeated ] && servers=1 rounds=$LIFECYCLE_ROUNDS
+            for i in $(seq 1 "$servers"); do
                 log "lifecycle: $system $mode $i"
                 lifecycle_command "$system" "$mode" "$workers" "$(free_port)"
-                python3 "$BENCH_DIR/lifecycle_timing.py" "$mode" "$LC_URL" \
-                    --method "$LC_METHOD" --body "$MODEL_DIR/body-1.json" \
-                    --rounds "$LIFECYCLE_ROUNDS" --log "$OUT/lifecycle-$system.log" \
-                    -- "${LC_CMD[@]}" | sed "s/^/$system\t$mode\t/" >>"$OUT/lifecycle.tsv"
+                python3 "$BENCH_DIR/lifecycle_timing.py" "${mode%-repeated}" "$LC_URL" \
+                    --method "$LC_METHOD" --body "$MODEL_DIR/body-1.json" --rounds "$rounds" \
+                    --log "$OUT/lifecycle-$system.log" -- "${LC_CMD[@]}" \
+                    | sed "s/^/$system\t$mode\t/" >>"$OUT/lifecycle.tsv"
             done
         done
     done

@@ -1,8 +1,9 @@
 """The benchmark model as an ml-deploy 2.0.0 interface class (the Python system under test).
 
-Start it from this directory with the venv's `ml-deploy`:
-    BENCH_PIPELINE=.../pipeline.joblib ml-deploy --config ml-deploy-config.yaml \
-        --mode production --workers 2 --threads 2 --http-port 5001
+Start it with the venv's `ml-deploy`, with this directory on the module path:
+    PYTHONPATH=scripts/bench BENCH_PIPELINE=.../pipeline.joblib ml-deploy \
+        --config scripts/bench/ml-deploy-config.yaml --mode production --workers 2 --threads 2 \
+        --http-port 5001
 ml-deploy 2.0.0 derives the routes from __api_prefix__, so predict is POST /ml/api/predict.
 Request: {"data": [[30 floats], ...], "names": [30 feature names]}.
 Response: create_response(target={"y_predicted", "probabilities"}, input=data), to which
