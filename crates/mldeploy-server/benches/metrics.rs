@@ -3,7 +3,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use mldeploy_server::metrics::{Metrics, MetricsSettings};
 
 fn request_path(c: &mut Criterion) {
@@ -69,4 +69,27 @@ fn request_path(c: &mut Criterion) {
 }
 
 criterion_group!(benches, request_path);
-criterion_main!(benches);
+
+/// `MLDEPLOY_METRICS_LOOP=N`: no criterion, just N calls of each request-path update, for
+/// counting instructions under `valgrind --tool=callgrind` (steady on a busy machine, where
+/// wall-clock figures are not).
+fn main() {
+    if let Some(n) = std::env::var("MLDEPLOY_METRICS_LOOP").ok().and_then(|v| v.parse::<u64>().ok()) {
+        let m = Metrics::private(&MetricsSettings { max_series: 512 });
+        m.set_model("iris-classifier", "1.2.0");
+        for _ in 0..n {
+            let guard = m.request_started();
+            m.predictions(black_box(3));
+            m.request_finished(
+                black_box("POST"),
+                black_box("/api/ml/predict"),
+                black_box(200),
+                black_box(0.0012),
+            );
+            drop(guard);
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -148,7 +148,8 @@ fn builtin_specs() -> Vec<FamilySpec<'static>> {
                 "mldeploy_request_duration_seconds",
                 "Seconds from a request read to its response ready, by method, route template, status, model and version.",
                 Kind::Histogram,
-                &["method", "route", "status", "model", "version"],
+                // Model labels first: every key then starts with a plain copy of them.
+                &["model", "version", "method", "route", "status"],
             )
         },
         spec(
@@ -251,26 +252,21 @@ impl ModelLabels {
         self.seq.store(s.wrapping_add(2), Ordering::Release);
     }
 
-    /// Append `model, version` to `key`.
-    fn append_to(&self, key: &mut Key) {
-        let mut buf = [0u64; MAX_KEY_WORDS];
+    /// Make `key` hold `model, version`, the first labels of the families that carry them.
+    fn fill(&self, key: &mut Key) {
         loop {
             let s1 = self.seq.load(Ordering::Acquire);
             if s1 & 1 == 1 {
                 std::hint::spin_loop();
                 continue;
             }
-            let len =
-                usize::try_from(self.len.load(Ordering::Relaxed)).unwrap_or(0).min(store::MAX_KEY_BYTES);
-            let n = len.div_ceil(8);
-            for (b, w) in buf[..n].iter_mut().zip(&self.words) {
-                *b = w.load(Ordering::Relaxed);
-            }
+            let len = usize::try_from(self.len.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+            let loaded = key.load(&self.words, len);
             fence(Ordering::Acquire);
-            if self.seq.load(Ordering::Relaxed) == s1 {
-                key.push_encoded(&buf[..n], len);
+            if loaded && self.seq.load(Ordering::Relaxed) == s1 {
                 return;
             }
+            *key = Key::new();
         }
     }
 }
@@ -418,10 +414,10 @@ impl Metrics {
         }
         let f = &self.inner.fam.requests;
         let mut key = Key::new();
+        self.inner.model.fill(&mut key);
         key.push(method);
         key.push(route);
         key.push_status(status);
-        self.inner.model.append_to(&mut key);
         let entry = self.store().series(f, &key);
         self.store().observe(f, entry, seconds);
     }
@@ -433,7 +429,7 @@ impl Metrics {
         }
         let f = &self.inner.fam.predictions;
         let mut key = Key::new();
-        self.inner.model.append_to(&mut key);
+        self.inner.model.fill(&mut key);
         let entry = self.store().series(f, &key);
         self.store().add_int(f, entry, rows);
     }

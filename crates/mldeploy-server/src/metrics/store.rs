@@ -181,64 +181,70 @@ impl Key {
         Key { words: [0; MAX_KEY_WORDS], len: 0, overlong: false }
     }
 
+    /// Make this empty key the `len` encoded bytes held in `src` (aligned: a plain word
+    /// copy); false if `len` does not fit.
+    pub fn load(&mut self, src: &[AtomicU64], len: usize) -> bool {
+        debug_assert!(self.len == 0 && self.words.iter().all(|w| *w == 0), "load needs an empty key");
+        if len > MAX_KEY_BYTES || len.div_ceil(8) > src.len() {
+            return false;
+        }
+        for (d, s) in self.words.iter_mut().zip(&src[..len.div_ceil(8)]) {
+            *d = s.load(Ordering::Relaxed);
+        }
+        self.len = len;
+        true
+    }
+
     /// Append one label value (and its separator).
     pub fn push(&mut self, value: &str) {
-        self.push_bytes(value.as_bytes());
-        self.push_byte(SEP);
+        let bytes = value.as_bytes();
+        let n = bytes.len() + 1;
+        if self.overlong || self.len + n > MAX_KEY_BYTES {
+            self.overlong = true;
+            return;
+        }
+        let mut pos = self.len;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.merge_word(pos, u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])));
+            pos += 8;
+        }
+        // The last 0 to 7 bytes and the separator fit in one word.
+        let rest = chunks.remainder();
+        let mut w = u64::from(SEP) << (8 * rest.len());
+        for (i, b) in rest.iter().enumerate() {
+            w |= u64::from(*b) << (8 * i);
+        }
+        self.merge_word(pos, w);
+        self.len += n;
     }
 
     /// Append a status code as three digits (and its separator).
     pub fn push_status(&mut self, status: u16) {
-        let s = status.min(999);
-        self.push_byte(b'0' + (s / 100) as u8);
-        self.push_byte(b'0' + (s / 10 % 10) as u8);
-        self.push_byte(b'0' + (s % 10) as u8);
-        self.push_byte(SEP);
-    }
-
-    /// Append already-encoded key bytes held in words (`len` bytes).
-    pub fn push_encoded(&mut self, words: &[u64], len: usize) {
-        if self.overlong || self.len + len > MAX_KEY_BYTES {
+        if self.overlong || self.len + 4 > MAX_KEY_BYTES {
             self.overlong = true;
             return;
         }
-        for (i, &w) in words[..len.div_ceil(8)].iter().enumerate() {
-            self.merge_word(self.len + i * 8, w);
-        }
-        self.len += len;
+        let s = u64::from(status.min(999));
+        let digit = |d: u64| u64::from(b'0') + d;
+        let w = digit(s / 100) | digit(s / 10 % 10) << 8 | digit(s % 10) << 16 | u64::from(SEP) << 24;
+        self.merge_word(self.len, w);
+        self.len += 4;
     }
 
-    fn push_bytes(&mut self, bytes: &[u8]) {
-        if self.overlong || self.len + bytes.len() > MAX_KEY_BYTES {
-            self.overlong = true;
-            return;
-        }
-        // A word at a time: the bytes past the end of `bytes` are zero and merge as nothing.
-        for (i, chunk) in bytes.chunks(8).enumerate() {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.merge_word(self.len + i * 8, u64::from_le_bytes(b));
-        }
-        self.len += bytes.len();
-    }
-
-    /// OR the eight bytes of `w` in at byte position `pos` (which may straddle two words).
+    /// OR the eight bytes of `w` in at byte position `pos` (which may straddle two words);
+    /// the bytes of `w` past what is being written are zero.
     fn merge_word(&mut self, pos: usize, w: u64) {
         let at = pos / 8;
         let shift = (pos & 7) * 8;
-        self.words[at] |= w << shift;
-        if shift != 0 && at + 1 < MAX_KEY_WORDS {
-            self.words[at + 1] |= w >> (64 - shift);
+        if let Some(word) = self.words.get_mut(at) {
+            *word |= w << shift;
         }
-    }
-
-    fn push_byte(&mut self, b: u8) {
-        if self.overlong || self.len >= MAX_KEY_BYTES {
-            self.overlong = true;
-            return;
+        if shift != 0 {
+            if let Some(word) = self.words.get_mut(at + 1) {
+                *word |= w >> (64 - shift);
+            }
         }
-        self.words[self.len / 8] |= u64::from(b) << ((self.len % 8) * 8);
-        self.len += 1;
     }
 
     pub fn words(&self) -> &[u64] {
@@ -802,8 +808,12 @@ impl Store {
     }
 
     fn key_is(&self, entry: usize, key: &Key) -> bool {
-        self.get_usize(entry + S_KEY_LEN) == key.len()
-            && key.words().iter().enumerate().all(|(j, w)| self.get(entry + S_KEY + j) == *w)
+        let words = key.words();
+        let Some(stored) = self.slots.get(entry + S_KEY_LEN..entry + S_KEY + words.len()) else {
+            return false;
+        };
+        stored[0].load(Ordering::Relaxed) == key.len() as u64
+            && stored[1..].iter().zip(words).all(|(s, w)| s.load(Ordering::Relaxed) == *w)
     }
 
     /// The ready series of `f` as (label values, entry), plus the overflow series if used.
@@ -981,20 +991,35 @@ mod tests {
         k.push("GET");
         k.push_status(200);
         k.push("abcdefghij");
-        assert_eq!(k.len(), 4 + 4 + 11);
+        k.push("");
+        assert_eq!(k.len(), 4 + 4 + 11 + 1);
+        let mut bytes = Vec::new();
+        for w in k.words() {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        bytes.truncate(k.len());
+        assert_eq!(bytes, b"GET\xff200\xffabcdefghij\xff\xff");
+        assert_eq!(decode(&bytes), vec!["GET", "200", "abcdefghij", ""]);
+        // A prefix copied from atomic words continues like pushed values.
         let mut model = Key::new();
-        model.push("m");
+        model.push("model-name");
         model.push("1.0");
-        let mut joined = k.clone();
-        joined.push_encoded(model.words(), model.len());
-        let mut direct = k.clone();
-        direct.push("m");
-        direct.push("1.0");
+        let atomics: Vec<AtomicU64> = model.words().iter().map(|w| AtomicU64::new(*w)).collect();
+        let mut joined = Key::new();
+        assert!(joined.load(&atomics, model.len()));
+        joined.push("POST");
+        let mut direct = model.clone();
+        direct.push("POST");
         assert_eq!(joined.words(), direct.words());
         assert_eq!(joined.len(), direct.len());
         let mut long = Key::new();
         long.push(&"x".repeat(MAX_KEY_BYTES));
         assert!(long.is_overlong());
+        let mut exact = Key::new();
+        exact.push(&"x".repeat(MAX_KEY_BYTES - 1));
+        assert!(!exact.is_overlong());
+        exact.push_status(200);
+        assert!(exact.is_overlong());
     }
 
     #[test]
