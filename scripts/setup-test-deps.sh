@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: Python packages for the reference models
-# and the metrics parser, wrk for the load tests, and the Kafka-protocol test broker.
+# and the metrics parser, wrk for the load tests, promtool, and the Kafka-protocol test broker.
 # Safe to run again: each step checks first and does nothing when its tool is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,16 @@ if ! command -v wrk >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+
+# promtool (Debian's prometheus package) checks the /metrics exposition; the metrics test
+# skips that one check when it cannot be installed.
+if ! command -v promtool >/dev/null 2>&1; then
+    log "installing promtool"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq || true
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+        || log "promtool could not be installed; the metrics test will skip promtool"
 fi
 
 # The Kafka-protocol broker for the event tests (built once into a cache directory).
