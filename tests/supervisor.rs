@@ -159,13 +159,14 @@ fn a_panicking_model_answers_500_and_the_worker_keeps_serving() {
 
 #[test]
 fn term_finishes_in_flight_requests_then_exits_zero() {
-    let mut server = Server::start_fault(&["serve", "--workers", "2", "--threads", "2"], &[]);
-    wait_workers(&server, 2);
+    // One worker with a thread to spare, so a scrape is answered while three calls sleep.
+    let mut server = Server::start_fault(&["serve", "--workers", "1", "--threads", "4"], &[]);
+    wait_workers(&server, 1);
     let addr = server.addr;
     let slow: Vec<_> = (0..3)
         .map(|_| {
             std::thread::spawn(move || {
-                http::post_json(addr, PREDICT, r#"{"data": 7, "params": {"sleep_ms": 1500}}"#)
+                http::post_json(addr, PREDICT, r#"{"data": 7, "params": {"sleep_ms": 3000}}"#)
             })
         })
         .collect();
