@@ -176,7 +176,11 @@ fn serve<L: ModelLoader>(loader: L, source: SettingsSource, settings: Settings) 
     let logs =
         log::build(&settings.log, reopen_logs).map_err(|e| format!("cannot open the access log: {e}"))?;
     let metrics_settings = MetricsSettings { max_series: settings.metrics.max_series };
-    let metrics = Metrics::shared(&metrics_settings).map_err(|e| format!("cannot map shared memory: {e}"))?;
+    let metrics = if settings.metrics.metrics_enabled {
+        Metrics::shared(&metrics_settings).map_err(|e| format!("cannot map shared memory: {e}"))?
+    } else {
+        Metrics::disabled()
+    };
     let model_slots = SharedSlots::new(shared(SharedSlots::DEFAULT_LEN)?);
     let addrs = settings.bind_addrs().map_err(|e| e.to_string())?;
     let listeners = mldeploy_prefork::bind_listeners(&addrs, settings.server.backlog)

@@ -68,6 +68,7 @@ const FLAGS: &[Flag] = &[
     flag("kafka_compression", "CODEC", "none, gzip, snappy, lz4 or zstd [default: none]"),
     flag("kafka_message_timeout_ms", "MS", "Undelivered events count as failed after this [default: 30000]"),
     Flag { repeat: true, ..flag("kafka_option", "KEY=VALUE", "Extra librdkafka setting; repeatable") },
+    Flag { switch: true, ..flag("metrics_enabled", "BOOL", "Record Prometheus metrics [default: true]") },
     flag("max_series", "N", "Label sets per metric family before overflow [default: 512]"),
     flag("worker_class", "CLASS", "Accepted for ml-deploy compatibility: sync or gthread"),
 ];

@@ -127,6 +127,9 @@ pub struct KafkaSettings {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsSection {
+    /// Record metrics; off, `/metrics` answers an empty exposition and the request path skips
+    /// every update (for measuring what metrics cost).
+    pub metrics_enabled: bool,
     /// Label sets per metric family before new ones fold into one overflow series.
     pub max_series: usize,
 }
@@ -186,7 +189,7 @@ impl Default for KafkaSettings {
 
 impl Default for MetricsSection {
     fn default() -> Self {
-        Self { max_series: 512 }
+        Self { metrics_enabled: true, max_series: 512 }
     }
 }
 
@@ -249,6 +252,7 @@ pub const KEYS: &[&str] = &[
     "kafka_compression",
     "kafka_message_timeout_ms",
     "kafka_option",
+    "metrics_enabled",
     "max_series",
     "worker_class",
 ];
@@ -323,6 +327,7 @@ impl Settings {
                 self.kafka.kafka_message_timeout_ms = parse_num(key, value, "milliseconds")?
             }
             "kafka_option" => self.kafka.kafka_option.push(value.to_string()),
+            "metrics_enabled" => self.metrics.metrics_enabled = parse_bool(key, value)?,
             "max_series" => self.metrics.max_series = parse_num(key, value, "a whole number >= 1")?,
             // gunicorn's worker class: mldeploy has one worker type; only the names that mean
             // "threads in a worker" are accepted so a stale setting is not silently misread.
