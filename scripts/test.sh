@@ -17,4 +17,5 @@ cargo clippy -j"$JOBS" --workspace --all-targets --quiet -- -D warnings
 # and each binary's tests two at a time, so a 2-core machine is not oversubscribed.
 # The Kafka tests also run the example model's binary.
 cargo build -j"$JOBS" --workspace --bins
-cargo test -j"$JOBS" --workspace --all-targets -- --test-threads=2
+# Benches are compiled by clippy above; criterion's harness takes no test-runner flags.
+cargo test -j"$JOBS" --workspace --lib --bins --tests -- --test-threads=2
