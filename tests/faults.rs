@@ -577,15 +577,8 @@ fn killing_a_worker_under_load_fails_at_most_its_in_flight_requests() {
 
 const SLOW_CLIENTS: usize = 500;
 
-/// Fresh connections are answered: a health check and a prediction.
-fn others_are_served(server: &Server, sample: &str) {
-    assert_eq!(server.get("/health").status, 200);
-    let r = server.post_json(PREDICT, sample);
-    assert_eq!(r.status, 200, "{}", r.text());
-}
-
-#[test]
-fn slowloris_connections_get_408_and_closed_while_others_are_served() {
+/// A 2 x 2 server that closes slow and idle connections after 2 s, and its sample body.
+fn start_with_short_timeouts() -> (Server, String) {
     let server = Server::start(&[
         "serve",
         "--workers",
@@ -599,6 +592,19 @@ fn slowloris_connections_get_408_and_closed_while_others_are_served() {
     ]);
     wait_workers(&server, 2);
     let sample = demo_sample(&server);
+    (server, sample)
+}
+
+/// Fresh connections are answered: a health check and a prediction.
+fn others_are_served(server: &Server, sample: &str) {
+    assert_eq!(server.get("/health").status, 200);
+    let r = server.post_json(PREDICT, sample);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn slowloris_connections_get_408_and_closed_while_others_are_served() {
+    let (server, sample) = start_with_short_timeouts();
     // A head that never ends, one byte per second on each connection: more often than the
     // request timeout, so a server that restarted its clock on every byte would never close them.
     let head: Vec<u8> =
@@ -664,19 +670,7 @@ fn slowloris_connections_get_408_and_closed_while_others_are_served() {
 
 #[test]
 fn idle_keepalive_connections_are_closed_after_keepalive_while_others_are_served() {
-    let server = Server::start(&[
-        "serve",
-        "--workers",
-        "2",
-        "--threads",
-        "2",
-        "--request-timeout",
-        "2",
-        "--keepalive",
-        "2",
-    ]);
-    wait_workers(&server, 2);
-    let sample = demo_sample(&server);
+    let (server, sample) = start_with_short_timeouts();
     // Each idle connection has been used once (keep-alive), then sends nothing.
     let mut idle: Vec<Client> = (0..SLOW_CLIENTS)
         .map(|i| {

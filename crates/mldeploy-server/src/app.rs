@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -269,8 +269,8 @@ impl<L: ModelLoader> App for ServerApp<L> {
         let stats: Arc<dyn events::EventStats> = Arc::new(self.metrics.clone());
         let (events, producer) = events::start(&event_settings(settings), log.clone(), stats);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
-        let stopped = Arc::new(AtomicU64::new(0));
-        spawn_stop_watch(worker.handle.clone(), stop_tx, Arc::clone(&stopped));
+        let fast_stop = Arc::new(AtomicBool::new(false));
+        spawn_stop_watch(worker.handle.clone(), stop_tx, Arc::clone(&fast_stop));
         let ctx = ServeContext {
             model,
             events,
@@ -287,7 +287,7 @@ impl<L: ModelLoader> App for ServerApp<L> {
         if let Some(producer) = producer {
             // A fast stop leaves no time to flush; a graceful one gets what the grace period has left.
             let grace = Duration::from_secs(settings.server.graceful_timeout);
-            let budget = if stopped.load(Ordering::Acquire) == 2 { Duration::ZERO } else { grace / 2 };
+            let budget = if fast_stop.load(Ordering::Acquire) { Duration::ZERO } else { grace / 2 };
             producer.shutdown(Instant::now() + budget);
         }
         info!(log, "worker stopped");
@@ -321,12 +321,12 @@ impl<L: ModelLoader> App for ServerApp<L> {
 }
 
 /// Forward the master's stop request to the HTTP service; remember whether it was fast.
-fn spawn_stop_watch(handle: WorkerHandle, tx: crossbeam_channel::Sender<Stop>, stopped: Arc<AtomicU64>) {
+fn spawn_stop_watch(handle: WorkerHandle, tx: crossbeam_channel::Sender<Stop>, fast_stop: Arc<AtomicBool>) {
     std::thread::Builder::new()
         .name("stop-watch".into())
         .spawn(move || {
             let stop = handle.wait_stop();
-            stopped.store(if stop == Stop::Fast { 2 } else { 1 }, Ordering::Release);
+            fast_stop.store(stop == Stop::Fast, Ordering::Release);
             let _ = tx.send(stop);
         })
         .expect("spawn the stop-watch thread");
