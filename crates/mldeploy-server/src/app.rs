@@ -267,7 +267,8 @@ impl<L: ModelLoader> App for ServerApp<L> {
             return exit_code::BOOT_FAILURE;
         };
         let stats: Arc<dyn events::EventStats> = Arc::new(self.metrics.clone());
-        let (events, producer) = events::start(&event_settings(settings), log.clone(), stats);
+        let tag = events::ModelTag { name: model.info().name.clone(), version: model.info().version.clone() };
+        let (events, producer) = events::start(&event_settings(settings), tag, log.clone(), stats);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let fast_stop = Arc::new(AtomicBool::new(false));
         spawn_stop_watch(worker.handle.clone(), stop_tx, Arc::clone(&fast_stop));

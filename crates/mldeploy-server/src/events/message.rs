@@ -1,85 +1,50 @@
 //! One event as it goes on the wire: its topics, key, headers and JSON payload.
 //!
 //! Everything here runs on the producer thread (and [`Body::topics`] on the request thread when
-//! an event is dropped), so the request path never serializes anything for Kafka.
+//! an event is dropped), so the request path never serializes anything for Kafka. An event the
+//! server serialized itself ([`Body::Json`]) arrives with the fields the producer needs, so its
+//! bytes are copied, never parsed.
 
+use std::borrow::Cow;
 use std::io::Write as _;
 
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::Value;
 
-use super::EventKind;
+use super::{EventKind, ModelTag};
 
 /// A response as the request thread handed it over.
 #[derive(Debug)]
 pub(crate) enum Body {
     /// Built as a JSON value.
     Value(Value),
-    /// Already serialized (the bytes the client got): a JSON object.
-    Json(Bytes),
-}
-
-/// The fields of a response the producer thread needs besides its bytes.
-#[derive(Debug, Default, Deserialize)]
-struct Head {
-    #[serde(default)]
-    model: Option<Value>,
-    #[serde(default)]
-    version: Option<Value>,
-    #[serde(default)]
-    topics: Option<Value>,
-}
-
-impl Head {
-    fn of_value(response: &Value) -> Head {
-        let field = |name| response.get(name).cloned();
-        Head { model: field("model"), version: field("version"), topics: field("topics") }
-    }
-}
-
-/// What kind of JSON a body holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    Object,
-    OtherJson,
-    NotJson,
+    /// Serialized by the server (the bytes the client got): a JSON object whose `topics` field
+    /// is `topics` and whose `model` and `version` are the worker's [`ModelTag`].
+    Json { bytes: Bytes, topics: Vec<String> },
 }
 
 impl Body {
-    /// The model name, model version and listed topics, and the body's shape. Only an object
-    /// has a head.
-    fn inspect(&self) -> (Head, Shape) {
+    /// Every topic the event goes to: the route's own topic first, then each topic the
+    /// response lists, each name once (the server may already have put the route's topic in
+    /// that list).
+    pub(crate) fn topics<'a>(&'a self, route_topic: &'a str) -> Vec<&'a str> {
         match self {
-            Body::Value(value @ Value::Object(_)) => (Head::of_value(value), Shape::Object),
-            Body::Value(_) => (Head::default(), Shape::OtherJson),
-            Body::Json(bytes) => {
-                if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-                    // Parses the head fields only; `target` and `input` are skipped, not built.
-                    if let Ok(head) = serde_json::from_slice(bytes) {
-                        return (head, Shape::Object);
-                    }
-                }
-                let shape = if is_json(bytes) { Shape::OtherJson } else { Shape::NotJson };
-                (Head::default(), shape)
+            Body::Value(value) => {
+                let listed =
+                    value.get("topics").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                unique_topics(route_topic, listed.iter().filter_map(Value::as_str))
             }
+            Body::Json { topics, .. } => unique_topics(route_topic, topics.iter().map(String::as_str)),
         }
-    }
-
-    /// Every topic the event goes to: the route's own topic first, then each string in the
-    /// response's `"topics"` list, each name once (the server may already have put the route's
-    /// topic in that list).
-    pub(crate) fn topics(&self, route_topic: &str) -> Vec<String> {
-        topics(route_topic, &self.inspect().0)
     }
 }
 
-fn topics(route_topic: &str, head: &Head) -> Vec<String> {
-    let mut topics = vec![route_topic.to_string()];
-    let listed = head.topics.as_ref().and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    for topic in listed.iter().filter_map(Value::as_str) {
-        if !topic.is_empty() && !topics.iter().any(|t| t == topic) {
-            topics.push(topic.to_string());
+/// The route's topic, then each non-empty name of `listed` not seen before.
+fn unique_topics<'a>(route_topic: &'a str, listed: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut topics = vec![route_topic];
+    for topic in listed {
+        if !topic.is_empty() && !topics.contains(&topic) {
+            topics.push(topic);
         }
     }
     topics
@@ -87,13 +52,13 @@ fn topics(route_topic: &str, head: &Head) -> Vec<String> {
 
 /// A Kafka message built from an event, ready for every one of its topics.
 #[derive(Debug)]
-pub(crate) struct Message {
+pub(crate) struct Message<'a> {
     /// Where it goes, deduplicated, the route's topic first.
-    pub topics: Vec<String>,
+    pub topics: Vec<&'a str>,
     /// The model name: message key and `model` header.
-    pub model: Option<String>,
+    pub model: Option<Cow<'a, str>>,
     /// The model version: `version` header.
-    pub version: Option<String>,
+    pub version: Option<Cow<'a, str>>,
     /// Milliseconds since the Unix epoch: the `timestamp` field and the Kafka timestamp.
     pub timestamp_ms: i64,
     /// The JSON document.
@@ -109,75 +74,68 @@ pub(crate) struct Stamp {
     pub worker_pid: u32,
 }
 
-/// Builds the message of an event: the response JSON object with `timestamp` (ms since the
-/// epoch), `request_id`, `worker_pid` and `route` appended. A response that is not a JSON
-/// object is kept whole under `"response"`.
-pub(crate) fn build(
-    kind: EventKind,
-    body: Body,
-    request_id: &str,
-    route: &str,
-    names: &Topics,
-    stamp: Stamp,
-) -> Message {
-    let (head, shape) = body.inspect();
-    let text = |v: &Option<Value>| match v {
-        Some(Value::String(s)) => Some(s.clone()),
-        None | Some(Value::Null) => None,
-        Some(other) => Some(other.to_string()),
-    };
-    let (model, version) = (text(&head.model), text(&head.version));
-    let topics = topics(names.of(kind), &head);
+/// What an event is made of besides its body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Context<'a> {
+    pub kind: EventKind,
+    pub request_id: &'a str,
+    pub route: &'a str,
+    pub names: &'a Topics,
+    pub model: &'a ModelTag,
+    pub stamp: Stamp,
+}
 
-    // Room for the context fields, so appending them does not reallocate.
-    const CONTEXT_ROOM: usize = 160;
-    let mut payload = match body {
-        Body::Value(value) => {
-            let mut payload = Vec::with_capacity(512);
-            // A JSON value always serializes.
-            let _ = serde_json::to_writer(&mut payload, &value);
-            payload
+/// Builds the message of an event into `payload` (cleared first; passed in so the producer
+/// thread reuses one buffer): the response JSON object with `timestamp` (ms since the epoch),
+/// `request_id`, `worker_pid` and `route` appended. A value body that is not a JSON object is
+/// kept whole under `"response"`.
+pub(crate) fn build<'a>(body: &'a Body, cx: Context<'a>, mut payload: Vec<u8>) -> Message<'a> {
+    payload.clear();
+    let route_topic = cx.names.of(cx.kind);
+    let (model, version) = match body {
+        Body::Json { bytes, .. } => {
+            payload.extend_from_slice(bytes);
+            reopen_object(&mut payload);
+            (Some(Cow::Borrowed(cx.model.name.as_str())), Some(Cow::Borrowed(cx.model.version.as_str())))
         }
-        Body::Json(bytes) => {
-            let mut payload = Vec::with_capacity(bytes.len() + CONTEXT_ROOM);
-            payload.extend_from_slice(&bytes);
-            payload
+        Body::Value(value) => {
+            if value.is_object() {
+                // A JSON value always serializes.
+                let _ = serde_json::to_writer(&mut payload, value);
+                reopen_object(&mut payload);
+            } else {
+                payload.extend_from_slice(b"{\"response\":");
+                let _ = serde_json::to_writer(&mut payload, value);
+                payload.push(b',');
+            }
+            let text = |name: &str| match value.get(name) {
+                Some(Value::String(s)) => Some(Cow::Borrowed(s.as_str())),
+                None | Some(Value::Null) => None,
+                Some(other) => Some(Cow::Owned(other.to_string())),
+            };
+            (text("model"), text("version"))
         }
     };
+    // Writing to a Vec cannot fail; strings are escaped by serde_json.
+    let _ = write!(payload, "\"timestamp\":{},\"request_id\":", cx.stamp.timestamp_ms);
+    let _ = serde_json::to_writer(&mut payload, cx.request_id);
+    let _ = write!(payload, ",\"worker_pid\":{},\"route\":", cx.stamp.worker_pid);
+    let _ = serde_json::to_writer(&mut payload, cx.route);
+    payload.push(b'}');
+    Message { topics: body.topics(route_topic), model, version, timestamp_ms: cx.stamp.timestamp_ms, payload }
+}
+
+/// Turns a serialized JSON object into its opening part, ready for one more member: drops
+/// trailing whitespace and the closing brace, and adds a comma unless the object was empty.
+fn reopen_object(payload: &mut Vec<u8>) {
     while payload.last().is_some_and(u8::is_ascii_whitespace) {
         payload.pop();
     }
-    if shape == Shape::Object {
-        // Reopen the object.
-        payload.pop();
-        if !payload[1..].iter().all(u8::is_ascii_whitespace) {
-            payload.push(b',');
-        }
-    } else {
-        let inner = match shape {
-            Shape::NotJson => serde_json::to_vec(&String::from_utf8_lossy(&payload)).unwrap_or_default(),
-            _ => payload,
-        };
-        payload = Vec::with_capacity(inner.len() + CONTEXT_ROOM);
-        payload.extend_from_slice(b"{\"response\":");
-        payload.extend_from_slice(&inner);
+    payload.pop();
+    let empty = payload.iter().skip(1).all(u8::is_ascii_whitespace);
+    if !empty {
         payload.push(b',');
     }
-    // Writing to a Vec cannot fail; strings are escaped by serde_json.
-    let _ = write!(
-        payload,
-        "\"timestamp\":{},\"request_id\":{},\"worker_pid\":{},\"route\":{}}}",
-        stamp.timestamp_ms,
-        Value::from(request_id),
-        stamp.worker_pid,
-        Value::from(route)
-    );
-    Message { topics, model, version, timestamp_ms: stamp.timestamp_ms, payload }
-}
-
-/// Whether `bytes` hold one JSON value (checked without building anything).
-fn is_json(bytes: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
 }
 
 /// The configured topic of each route.
@@ -207,7 +165,21 @@ mod tests {
         Topics { predict: "predict".into(), feedback: "feedback".into() }
     }
 
+    fn iris() -> ModelTag {
+        ModelTag { name: "iris".into(), version: "3".into() }
+    }
+
     const STAMP: Stamp = Stamp { timestamp_ms: 1_700_000_000_123, worker_pid: 42 };
+
+    fn context<'a>(
+        kind: EventKind,
+        request_id: &'a str,
+        route: &'a str,
+        names: &'a Topics,
+        model: &'a ModelTag,
+    ) -> Context<'a> {
+        Context { kind, request_id, route, names, model, stamp: STAMP }
+    }
 
     fn response() -> Value {
         json!({
@@ -217,25 +189,34 @@ mod tests {
         })
     }
 
+    fn json_body(value: &Value) -> Body {
+        let topics = value["topics"]
+            .as_array()
+            .map(|t| t.iter().filter_map(|t| t.as_str().map(String::from)).collect());
+        Body::Json {
+            bytes: Bytes::from(serde_json::to_vec(value).unwrap()),
+            topics: topics.unwrap_or_default(),
+        }
+    }
+
     #[test]
     fn topics_are_the_route_topic_then_the_listed_ones_each_once() {
         let body = Body::Value(json!({"topics": ["predict", "audit", "", 7, "audit", "drift", "predict"]}));
         assert_eq!(body.topics("predict"), ["predict", "audit", "drift"]);
-        let body = Body::Json(Bytes::from_static(
-            br#"{"topics": ["audit", "predict", "audit"], "x": [1, {"y": 2}]}"#,
-        ));
+        let listed = ["audit", "predict", "audit", ""].map(String::from).to_vec();
+        let body = Body::Json { bytes: Bytes::from_static(b"{}"), topics: listed };
         assert_eq!(body.topics("predict"), ["predict", "audit"]);
         assert_eq!(Body::Value(json!({"topics": []})).topics("feedback"), ["feedback"]);
         assert_eq!(Body::Value(json!({"topics": "audit"})).topics("feedback"), ["feedback"]);
         assert_eq!(Body::Value(json!([1, 2])).topics("feedback"), ["feedback"]);
-        assert_eq!(Body::Json(Bytes::from_static(b"not json")).topics("feedback"), ["feedback"]);
     }
 
     #[test]
     fn message_is_the_response_plus_request_context() {
-        let serialized = Bytes::from(serde_json::to_vec(&response()).unwrap());
-        for body in [Body::Value(response()), Body::Json(serialized)] {
-            let message = build(EventKind::Feedback, body, "req-\"1\"", "/api/ml/feedback", &names(), STAMP);
+        let (names, model) = (names(), iris());
+        for body in [Body::Value(response()), json_body(&response())] {
+            let cx = context(EventKind::Feedback, "req-\"1\"", "/api/ml/feedback", &names, &model);
+            let message = build(&body, cx, Vec::new());
             assert_eq!(message.topics, ["feedback", "audit"]);
             assert_eq!(message.model.as_deref(), Some("iris"));
             assert_eq!(message.version.as_deref(), Some("3"));
@@ -251,15 +232,24 @@ mod tests {
     }
 
     #[test]
-    fn a_response_that_is_not_an_object_is_kept_whole() {
-        let cases = [
-            (Body::Value(json!([1, 2])), json!([1, 2])),
-            (Body::Json(Bytes::from_static(b" [1, 2] \n")), json!([1, 2])),
-            (Body::Json(Bytes::from_static(b"{\"a\": 1} trailing")), json!("{\"a\": 1} trailing")),
-            (Body::Json(Bytes::from_static(b"{\"a\": }")), json!("{\"a\": }")),
-        ];
-        for (body, kept) in cases {
-            let message = build(EventKind::Predict, body, "r", "/p", &names(), STAMP);
+    fn the_payload_buffer_is_reused_from_a_clean_start() {
+        let (names, model) = (names(), iris());
+        let cx = context(EventKind::Predict, "r", "/p", &names, &model);
+        let first = build(&json_body(&json!({"a": 1})), cx, Vec::new()).payload;
+        let second = build(&json_body(&json!({"b": 2})), cx, first).payload;
+        let doc: Value = serde_json::from_slice(&second).unwrap();
+        assert_eq!(
+            doc,
+            json!({"b": 2, "timestamp": 1_700_000_000_123_i64, "request_id": "r", "worker_pid": 42, "route": "/p"})
+        );
+    }
+
+    #[test]
+    fn a_value_that_is_not_an_object_is_kept_whole() {
+        let (names, model) = (names(), iris());
+        for kept in [json!([1, 2]), json!("text"), json!(null)] {
+            let body = Body::Value(kept.clone());
+            let message = build(&body, context(EventKind::Predict, "r", "/p", &names, &model), Vec::new());
             assert_eq!(message.topics, ["predict"]);
             assert_eq!(message.model, None);
             let doc: Value = serde_json::from_slice(&message.payload).unwrap();
@@ -270,8 +260,11 @@ mod tests {
 
     #[test]
     fn an_empty_object_gets_the_context_only() {
-        for body in [Body::Value(json!({})), Body::Json(Bytes::from_static(b"{ }"))] {
-            let message = build(EventKind::Predict, body, "r", "/p", &names(), STAMP);
+        let (names, model) = (names(), iris());
+        let bodies =
+            [Body::Value(json!({})), Body::Json { bytes: Bytes::from_static(b"{ } \n"), topics: vec![] }];
+        for body in bodies {
+            let message = build(&body, context(EventKind::Predict, "r", "/p", &names, &model), Vec::new());
             let doc: Value = serde_json::from_slice(&message.payload).unwrap();
             assert_eq!(
                 doc,

@@ -164,18 +164,28 @@ pub struct Event {
     pub route: String,
 }
 
-/// [`Event`] with the response already serialized: the bytes sent to the client, which must
-/// be a JSON object. Cheaper for the request thread than building a `serde_json::Value`, and
-/// the producer thread appends its fields without re-serializing the response.
+/// [`Event`] with the response already serialized: the bytes sent to the client. Cheaper for
+/// the request thread than building a `serde_json::Value`, and the producer thread appends its
+/// fields without parsing or re-serializing the response.
 #[derive(Debug)]
 pub struct JsonEvent {
     pub kind: EventKind,
-    /// The response body as sent (target, input, list_metrics, topics, model, version).
+    /// The response body as sent (target, input, list_metrics, topics, model, version): one
+    /// JSON object, whose `model` and `version` are the [`ModelTag`] given to [`start`].
     pub body: bytes::Bytes,
+    /// The response's `topics` list.
+    pub topics: Vec<String>,
     /// The request id the client saw in `x-request-id`.
     pub request_id: String,
     /// The route path, for example `/api/ml/predict`.
     pub route: String,
+}
+
+/// The model a worker serves: the key and headers of its [`JsonEvent`]s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelTag {
+    pub name: String,
+    pub version: String,
 }
 
 /// An event in the channel, with the time it was queued.
@@ -197,6 +207,7 @@ pub struct Events {
 struct Shared {
     tx: Sender<Queued>,
     topics: Topics,
+    model: ModelTag,
     stats: Arc<dyn EventStats>,
     log: Logger,
     /// Set by [`Producer::shutdown`]: new events are dropped.
@@ -230,7 +241,8 @@ impl Events {
 
     /// Queue an already serialized event; never blocks. Like [`Events::emit`].
     pub fn emit_json(&self, event: JsonEvent) {
-        self.queue(event.kind, Body::Json(event.body), event.request_id, event.route);
+        let body = Body::Json { bytes: event.body, topics: event.topics };
+        self.queue(event.kind, body, event.request_id, event.route);
     }
 
     fn queue(&self, kind: EventKind, body: Body, request_id: String, route: String) {
@@ -259,7 +271,7 @@ impl Shared {
     /// Counts a dropped event for each of its topics.
     fn count_dropped(&self, queued: &Queued) {
         for topic in queued.body.topics(self.topics.of(queued.kind)) {
-            self.stats.dropped(&topic);
+            self.stats.dropped(topic);
         }
     }
 
@@ -305,10 +317,12 @@ impl Drop for Producer {
     }
 }
 
-/// Start the producer thread (in the worker, after the fork). Events are off (and nothing is
-/// started) without brokers, or when librdkafka refuses the settings (logged as an error).
+/// Start the producer thread (in the worker, after the fork, once `model` is loaded). Events
+/// are off (and nothing is started) without brokers, or when librdkafka refuses the settings
+/// (logged as an error).
 pub fn start(
     settings: &EventSettings,
+    model: ModelTag,
     log: Logger,
     stats: Arc<dyn EventStats>,
 ) -> (Events, Option<Producer>) {
@@ -320,6 +334,7 @@ pub fn start(
     let shared = Arc::new(Shared {
         tx,
         topics: settings.topics(),
+        model,
         stats: Arc::clone(&stats),
         log: log.clone(),
         closed: AtomicBool::new(false),

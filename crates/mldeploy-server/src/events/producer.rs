@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, RecvTimeoutError};
+use crossbeam_channel::{select, Receiver, TryRecvError};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message as _, OwnedHeaders};
@@ -121,6 +121,8 @@ pub(crate) struct ProducerThread {
     worker_pid: u32,
     /// Set once a stop was asked for: nothing may wait past it.
     deadline: Option<Instant>,
+    /// The payload buffer, reused from one message to the next (librdkafka copies it).
+    payload: Vec<u8>,
 }
 
 /// How long the busy producer thread lets events accumulate in the channel between two takes.
@@ -140,15 +142,24 @@ impl ProducerThread {
         stop: Receiver<Instant>,
         shared: Arc<Shared>,
     ) -> Self {
-        ProducerThread { kafka, rx, stop, shared, worker_pid: std::process::id(), deadline: None }
+        ProducerThread {
+            kafka,
+            rx,
+            stop,
+            shared,
+            worker_pid: std::process::id(),
+            deadline: None,
+            payload: Vec::with_capacity(4096),
+        }
     }
 
     /// Produce events until a stop arrives, then finish by its deadline.
     ///
-    /// Idle, the thread blocks on the channel. Busy, it takes everything queued, then pauses
+    /// Idle, the thread blocks on the channel. Busy, it takes everything queued, then sleeps
     /// for [`BATCH_PAUSE`] instead of blocking on the channel again: a request thread that
     /// queues an event while nobody waits on the channel makes no wake-up call, so under load
-    /// the cost of waking this thread is paid once per pause, not once per event.
+    /// the cost of waking this thread is paid once per pause, not once per event. (A plain
+    /// sleep, not a timed receive on the stop channel, which spins and yields before it parks.)
     pub(crate) fn run(mut self) {
         while self.deadline.is_none() {
             select! {
@@ -165,11 +176,12 @@ impl ProducerThread {
                 while let Ok(queued) = self.rx.try_recv() {
                     self.produce(queued);
                 }
-                match self.stop.recv_timeout(BATCH_PAUSE) {
+                std::thread::sleep(BATCH_PAUSE);
+                match self.stop.try_recv() {
                     Ok(deadline) => self.deadline = Some(deadline),
-                    Err(RecvTimeoutError::Disconnected) => self.deadline = Some(Instant::now()),
-                    Err(RecvTimeoutError::Timeout) if self.rx.is_empty() => break,
-                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(TryRecvError::Disconnected) => self.deadline = Some(Instant::now()),
+                    Err(TryRecvError::Empty) if self.rx.is_empty() => break,
+                    Err(TryRecvError::Empty) => {}
                 }
             }
         }
@@ -178,39 +190,41 @@ impl ProducerThread {
 
     /// Builds the message of one event and hands it to librdkafka for each of its topics.
     fn produce(&mut self, queued: Queued) {
-        let stamp = Stamp { timestamp_ms: queued.timestamp_ms, worker_pid: self.worker_pid };
-        let message = message::build(
-            queued.kind,
-            queued.body,
-            &queued.request_id,
-            &queued.route,
-            &self.shared.topics,
-            stamp,
-        );
+        let shared = Arc::clone(&self.shared);
+        let cx = message::Context {
+            kind: queued.kind,
+            request_id: &queued.request_id,
+            route: &queued.route,
+            names: &shared.topics,
+            model: &shared.model,
+            stamp: Stamp { timestamp_ms: queued.timestamp_ms, worker_pid: self.worker_pid },
+        };
+        let message = message::build(&queued.body, cx, std::mem::take(&mut self.payload));
         for topic in &message.topics {
-            self.shared.stats.sent(topic);
+            shared.stats.sent(topic);
             self.send(&message, topic);
         }
+        self.payload = message.payload;
     }
 
     /// Hands one message to librdkafka. When librdkafka's queue is full (the broker is slow or
     /// away), waits for room: meanwhile the channel fills up and request threads drop events,
     /// which bounds memory. Never waits past a stop's deadline.
-    fn send(&mut self, message: &Message, topic: &str) {
+    fn send(&mut self, message: &Message<'_>, topic: &str) {
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(2);
             if let Some(model) = &message.model {
-                headers = headers.insert(Header { key: "model", value: Some(model.as_str()) });
+                headers = headers.insert(Header { key: "model", value: Some(model.as_ref()) });
             }
             if let Some(version) = &message.version {
-                headers = headers.insert(Header { key: "version", value: Some(version.as_str()) });
+                headers = headers.insert(Header { key: "version", value: Some(version.as_ref()) });
             }
             let mut record = BaseRecord::<str, [u8]>::to(topic)
                 .payload(&message.payload)
                 .timestamp(message.timestamp_ms)
                 .headers(headers);
             if let Some(model) = &message.model {
-                record = record.key(model.as_str());
+                record = record.key(model.as_ref());
             }
             let error = match self.kafka.send(record) {
                 Ok(()) => return,

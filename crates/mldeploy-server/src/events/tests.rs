@@ -106,9 +106,18 @@ fn serialized(event: Event) -> JsonEvent {
     JsonEvent {
         kind: event.kind,
         body: serde_json::to_vec(&event.response).unwrap().into(),
+        topics: event.response["topics"]
+            .as_array()
+            .map(|t| t.iter().filter_map(|t| t.as_str().map(String::from)).collect())
+            .unwrap_or_default(),
         request_id: event.request_id,
         route: event.route,
     }
+}
+
+/// The model of the test events.
+fn iris() -> ModelTag {
+    ModelTag { name: "iris".into(), version: "2".into() }
 }
 
 fn free_port() -> u16 {
@@ -124,7 +133,7 @@ fn without_brokers_nothing_starts() {
     let stats = Arc::new(TestStats::default());
     for brokers in [None, Some(" ".to_string())] {
         let settings = EventSettings { brokers, ..EventSettings::default() };
-        let (events, producer) = start(&settings, Lines::default().logger(), stats.clone());
+        let (events, producer) = start(&settings, iris(), Lines::default().logger(), stats.clone());
         assert!(!events.enabled());
         assert!(producer.is_none());
         assert_eq!(events.topic(EventKind::Predict), None);
@@ -144,6 +153,7 @@ fn a_full_channel_drops_counts_and_warns_once_per_interval() {
         shared: Some(Arc::new(Shared {
             tx,
             topics: EventSettings::default().topics(),
+            model: iris(),
             stats: stats.clone(),
             log: lines.logger(),
             closed: AtomicBool::new(false),
@@ -202,7 +212,7 @@ fn an_unreachable_broker_counts_failures() {
     let lines = Lines::default();
     let settings =
         EventSettings { message_timeout_ms: 500, ..settings(format!("127.0.0.1:{}", free_port())) };
-    let (events, producer) = start(&settings, lines.logger(), stats.clone());
+    let (events, producer) = start(&settings, iris(), lines.logger(), stats.clone());
     assert!(events.enabled());
     assert_eq!(events.topic(EventKind::Feedback), Some("feedback"));
     for n in 0..50 {
@@ -223,8 +233,12 @@ fn an_unreachable_broker_counts_failures() {
 #[test]
 fn dropping_the_producer_stops_it() {
     let stats = Arc::new(TestStats::default());
-    let (events, producer) =
-        start(&settings(format!("127.0.0.1:{}", free_port())), Lines::default().logger(), stats.clone());
+    let (events, producer) = start(
+        &settings(format!("127.0.0.1:{}", free_port())),
+        iris(),
+        Lines::default().logger(),
+        stats.clone(),
+    );
     events.emit(predict(0, &[]));
     drop(producer);
     events.emit(predict(1, &[]));
@@ -377,7 +391,8 @@ fn every_event_reaches_each_of_its_topics_once() {
         return;
     };
     let stats = Arc::new(TestStats::default());
-    let (events, producer) = start(&settings(broker.address()), Lines::default().logger(), stats.clone());
+    let (events, producer) =
+        start(&settings(broker.address()), iris(), Lines::default().logger(), stats.clone());
     // Half of them serialized already, as the HTTP layer hands them over.
     for n in 0..500 {
         let event = predict(n, &["predict", "audit"]);
@@ -430,7 +445,7 @@ fn a_missing_topic_is_reported_once_and_counted() {
         options: vec![("topic.metadata.propagation.max.ms".into(), "1000".into())],
         ..settings(broker.address())
     };
-    let (events, producer) = start(&settings, lines.logger(), stats.clone());
+    let (events, producer) = start(&settings, iris(), lines.logger(), stats.clone());
     for n in 0..20 {
         events.emit(predict(n, &["absent"]));
     }
@@ -458,7 +473,7 @@ fn events_after_a_broker_restart_are_delivered() {
     let stats = Arc::new(TestStats::default());
     let lines = Lines::default();
     let settings = EventSettings { message_timeout_ms: 60_000, ..settings(broker.address()) };
-    let (events, producer) = start(&settings, lines.logger(), stats.clone());
+    let (events, producer) = start(&settings, iris(), lines.logger(), stats.clone());
     let delivered = |n| wait_for(|| stats.get("delivered", "predict") >= n);
     for n in 0..100 {
         events.emit(predict(n, &[]));

@@ -701,6 +701,7 @@ fn model_reply(
         events.emit_json(JsonEvent {
             kind,
             body: bytes.clone(),
+            topics: std::mem::take(&mut response.topics),
             request_id: id.to_string(),
             route: route.clone(),
         });

@@ -886,7 +886,8 @@ fn with_events_on_responses_list_the_route_topic() {
     };
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let stats = Arc::new(Metrics::private(&MetricsSettings { max_series: 100 }));
-    let (events, producer) = crate::events::start(&event_settings, log, stats);
+    let (events, producer) =
+        crate::events::start(&event_settings, crate::events::ModelTag::default(), log, stats);
     assert!(events.enabled());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = TestServer::start_with(listener, true, settings(), events);

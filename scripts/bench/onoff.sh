@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# A/B throughput of one feature switched on and off: the same release binary, the same wrk
+# command, runs alternating (A B A B ...) so that drift in the machine's load hits both sides.
+#
+#   scripts/bench/onoff.sh events  [ROUNDS]   events to a local tansu broker vs no broker
+#   scripts/bench/onoff.sh metrics [ROUNDS]   metrics on vs --metrics-enabled false
+#
+# Each round starts a fresh server (2 workers x 2 threads on 127.0.0.1), waits for /ready,
+# runs a warm-up, then `wrk -t2 -c32 -dRUN_Ss` posting a 1-row iris body to /api/ml/predict.
+# Printed per run: requests/s, CPU seconds of the server's processes (master, workers and their
+# threads, Kafka threads included) and of the broker, CPU seconds stolen by the hypervisor, and
+# the load average; at the end the median and mean of each side, the loss of the "on" side
+# against the "off" side, and the median of the per-round ratios on/off (each round runs both
+# sides back to back, so slow spells of the machine hit the pair together). On a virtual machine
+# whose hypervisor steals CPU, the same figures are also given corrected for the stolen time.
+#
+# Environment: RUN_S (default 10), WARMUP_S (2), WORKERS (2), THREADS (2), CONNECTIONS (32),
+# MLDEPLOY_BIN (default target/release/mldeploy, built when missing), ONOFF_OUT (a directory
+# for the raw wrk output; default a temporary one).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+MODE=${1:-}
+ROUNDS=${2:-5}
+RUN_S=${RUN_S:-10}
+WARMUP_S=${WARMUP_S:-2}
+WORKERS=${WORKERS:-2}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+BIN=${MLDEPLOY_BIN:-$ROOT/target/release/mldeploy}
+READY_TIMEOUT_S=30
+
+die() {
+    echo "onoff.sh: $*" >&2
+    exit 1
+}
+
+case $MODE in
+    events | metrics) ;;
+    *) die "usage: onoff.sh events|metrics [ROUNDS]" ;;
+esac
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive number"
+command -v wrk >/dev/null || die "wrk is missing (scripts/setup-test-deps.sh installs it)"
+if [[ ! -x $BIN ]]; then
+    (cd "$ROOT" && cargo build -j2 --release -p mldeploy) || die "release build failed"
+fi
+
+OUT=${ONOFF_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/mldeploy-onoff.XXXXXX")}
+mkdir -p "$OUT"
+BODY="$OUT/body-1.json"
+echo '{"data": [[5.1, 3.5, 1.4, 0.2]], "names": ["sepal_length", "sepal_width", "petal_length", "petal_width"]}' >"$BODY"
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Clock ticks of utime + stime of one process (all its threads) and its reaped children.
+cpu_ticks() {
+    awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# CPU ticks of a master and its live workers.
+tree_ticks() {
+    local master=$1 total child
+    total=$(cpu_ticks "$master")
+    for child in $(pgrep -P "$master" || true); do
+        total=$((total + $(cpu_ticks "$child")))
+    done
+    echo "$total"
+}
+
+# Clock ticks the hypervisor gave to others while this machine wanted to run (all CPUs).
+steal_ticks() {
+    awk '$1 == "cpu" {print $9}' /proc/stat
+}
+
+BROKER_PORT=
+BROKER_PID=
+SERVER_PID=
+cleanup() {
+    if [[ -n $SERVER_PID ]]; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    if [[ -n $BROKER_PORT ]]; then
+        "$ROOT/scripts/kafka-broker.sh" stop "$BROKER_PORT" >/dev/null 2>&1 || true
+    fi
+}
+trap cleanup EXIT
+
+if [[ $MODE == events ]]; then
+    BROKER_PORT=$(free_port)
+    "$ROOT/scripts/kafka-broker.sh" start "$BROKER_PORT" >/dev/null
+    "$ROOT/scripts/kafka-broker.sh" topic "$BROKER_PORT" predict >/dev/null
+    BROKER_PID=$("$ROOT/scripts/kafka-broker.sh" pid "$BROKER_PORT")
+fi
+
+# The arguments that make the "on" and "off" sides differ.
+side_args() {
+    case "$MODE:$1" in
+        events:on) echo "--kafka-broker 127.0.0.1:$BROKER_PORT" ;;
+        events:off) echo "" ;;
+        metrics:on) echo "--metrics-enabled true" ;;
+        metrics:off) echo "--metrics-enabled false" ;;
+    esac
+}
+
+wrk_run() {
+    local port=$1 seconds=$2
+    BENCH_BODY="$BODY" timeout $((seconds + 15)) wrk -t2 -c"$CONNECTIONS" -d"${seconds}s" \
+        --latency -s "$ROOT/scripts/bench/post_json.lua" "http://127.0.0.1:$port/api/ml/predict"
+}
+
+# One run: prints "side rps server_cpu_s broker_cpu_s non2xx socket_errors loadavg".
+run_side() {
+    local side=$1 port deadline before broker_before after broker_after out rps errors
+    local steal_before steal_after
+    port=$(free_port)
+    # shellcheck disable=SC2046 # side_args is a list of words
+    "$BIN" serve --workers "$WORKERS" --threads "$THREADS" --bind "127.0.0.1:$port" \
+        --log-level error $(side_args "$side") >"$OUT/server-$side.log" 2>&1 &
+    SERVER_PID=$!
+    deadline=$((SECONDS + READY_TIMEOUT_S))
+    until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do
+        ((SECONDS < deadline)) || die "server ($side) not ready within ${READY_TIMEOUT_S} s"
+        kill -0 "$SERVER_PID" 2>/dev/null || die "server ($side) exited; see $OUT/server-$side.log"
+        sleep 0.05
+    done
+    wrk_run "$port" "$WARMUP_S" >/dev/null
+    before=$(tree_ticks "$SERVER_PID")
+    broker_before=0
+    [[ -n $BROKER_PID ]] && broker_before=$(cpu_ticks "$BROKER_PID")
+    out="$OUT/wrk-$side-$RUN_INDEX.txt"
+    steal_before=$(steal_ticks)
+    wrk_run "$port" "$RUN_S" >"$out"
+    steal_after=$(steal_ticks)
+    after=$(tree_ticks "$SERVER_PID")
+    broker_after=0
+    [[ -n $BROKER_PID ]] && broker_after=$(cpu_ticks "$BROKER_PID")
+    kill -TERM "$SERVER_PID"
+    wait "$SERVER_PID" || die "server ($side) exited non-zero after TERM"
+    SERVER_PID=
+    rps=$(awk '/Requests\/sec/ {print $2}' "$out")
+    errors=$(sed -n 's/.*non2xx=\([0-9]*\) connect=\([0-9]*\) read=\([0-9]*\) write=\([0-9]*\) timeout=\([0-9]*\).*/\1 \2+\3+\4+\5/p' "$out")
+    local hz
+    hz=$(getconf CLK_TCK)
+    printf '%s %s %s %s %s %s %s\n' "$side" "$rps" \
+        "$(awk -v t=$((after - before)) -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')" \
+        "$(awk -v t=$((broker_after - broker_before)) -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')" \
+        "$errors" "$(awk -v t=$((steal_after - steal_before)) -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')" \
+        "$(cut -d' ' -f1 /proc/loadavg)"
+}
+
+echo "mode=$MODE rounds=$ROUNDS run=${RUN_S}s warmup=${WARMUP_S}s workers=$WORKERS threads=$THREADS connections=$CONNECTIONS nproc=$(nproc)"
+echo "side rps server_cpu_s broker_cpu_s non2xx socket_errors(c+r+w+t) steal_s loadavg"
+RESULTS="$OUT/results.txt"
+: >"$RESULTS"
+for ((RUN_INDEX = 1; RUN_INDEX <= ROUNDS; RUN_INDEX++)); do
+    # Alternate which side goes first, so neither always runs on a warmer machine.
+    if ((RUN_INDEX % 2)); then order="off on"; else order="on off"; fi
+    for side in $order; do
+        run_side "$side" | tee -a "$RESULTS"
+    done
+done
+
+python3 - "$RESULTS" "$RUN_S" "$(nproc)" <<'EOF'
+import statistics, sys
+run_s, ncpu = float(sys.argv[2]), int(sys.argv[3])
+runs = {"on": [], "off": []}
+for line in open(sys.argv[1]):
+    f = line.split()
+    side, rps, server_cpu, steal = f[0], float(f[1]), float(f[2]), float(f[6])
+    # Requests/s had the hypervisor not taken `steal` CPU seconds from this machine.
+    unstolen = rps * ncpu * run_s / (ncpu * run_s - steal)
+    runs[side].append({"rps": rps, "unstolen": unstolen, "cpu_us": server_cpu / (rps * run_s) * 1e6})
+def figures(key):
+    return {side: [r[key] for r in runs[side]] for side in runs}
+for key, what in (("rps", "requests/s"), ("unstolen", "requests/s corrected for stolen CPU")):
+    v = figures(key)
+    print(f"{what}:")
+    for side in ("off", "on"):
+        print(f"  {side}: median {statistics.median(v[side]):,.0f}, mean {statistics.mean(v[side]):,.0f}, "
+              f"min {min(v[side]):,.0f}, max {max(v[side]):,.0f}")
+    ratios = sorted(a / b for a, b in zip(v["on"], v["off"]))
+    print(f"  loss with the feature on: {(1 - statistics.median(v['on']) / statistics.median(v['off'])) * 100:.1f}% "
+          f"(medians), {(1 - statistics.mean(v['on']) / statistics.mean(v['off'])) * 100:.1f}% (means), "
+          f"{(1 - statistics.median(ratios)) * 100:.1f}% (median of {len(ratios)} per-round ratios, "
+          f"which range from {ratios[0]:.3f} to {ratios[-1]:.3f})")
+v = figures("cpu_us")
+print("server CPU per request: " + ", ".join(
+    f"{side} {statistics.median(v[side]):.1f} us (median)" for side in ("off", "on")))
+EOF
+echo "raw output: $OUT"
