@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # A/B throughput of one feature switched on and off: the same release binary, the same wrk
-# command, runs alternating (A B A B ...) so that drift in the machine's load hits both sides.
+# command for both sides.
 #
 #   scripts/bench/onoff.sh events  [ROUNDS]   events to a local tansu broker vs no broker
 #   scripts/bench/onoff.sh metrics [ROUNDS]   metrics on vs --metrics-enabled false
 #
-# Each round starts a fresh server (2 workers x 2 threads on 127.0.0.1), waits for /ready,
-# runs a warm-up, then `wrk -t2 -c32 -dRUN_Ss` posting a 1-row iris body to /api/ml/predict.
+# Each round starts a fresh server per side (2 workers x 2 threads on 127.0.0.1), waits for
+# /ready, runs a warm-up, then `wrk -t2 -c32 -dRUN_Ss` posting a 1-row iris body to
+# /api/ml/predict. Two designs (DESIGN=...):
+#   alternate (default)  one side after the other (off on, on off, ...): each run has the
+#                        machine to itself, but the machine's speed drifts between runs.
+#   interleave           both servers start once and stay up (the idle one costs nothing);
+#                        short runs (RUN_S=1 suits) take turns, off on, on off, ...: the two
+#                        runs of a pair are seconds apart, so the machine's drift hits both
+#                        alike, and the median of many pairs' ratios is the figure to read.
 # Printed per run: requests/s, CPU seconds of the server's processes (master, workers and their
 # threads, Kafka threads included) and of the broker, CPU seconds stolen by the hypervisor, and
 # the load average; at the end the median and mean of each side, the loss of the "on" side
@@ -14,7 +21,7 @@
 # sides back to back, so slow spells of the machine hit the pair together). On a virtual machine
 # whose hypervisor steals CPU, the same figures are also given corrected for the stolen time.
 #
-# Environment: RUN_S (default 10), WARMUP_S (2), WORKERS (2), THREADS (2), CONNECTIONS (32),
+# Environment: DESIGN, RUN_S (default 10), WARMUP_S (2), WORKERS (2), THREADS (2), CONNECTIONS (32),
 # MLDEPLOY_BIN (default target/release/mldeploy, built when missing), ONOFF_OUT (a directory
 # for the raw wrk output; default a temporary one).
 set -euo pipefail
@@ -22,6 +29,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 MODE=${1:-}
 ROUNDS=${2:-5}
+DESIGN=${DESIGN:-alternate}
 RUN_S=${RUN_S:-10}
 WARMUP_S=${WARMUP_S:-2}
 WORKERS=${WORKERS:-2}
@@ -40,6 +48,7 @@ case $MODE in
     *) die "usage: onoff.sh events|metrics [ROUNDS]" ;;
 esac
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive number"
+[[ $DESIGN == alternate || $DESIGN == interleave ]] || die "DESIGN must be alternate or interleave"
 command -v wrk >/dev/null || die "wrk is missing (scripts/setup-test-deps.sh installs it)"
 if [[ ! -x $BIN ]]; then
     (cd "$ROOT" && cargo build -j2 --release -p mldeploy) || die "release build failed"
@@ -76,12 +85,13 @@ steal_ticks() {
 
 BROKER_PORT=
 BROKER_PID=
-SERVER_PID=
+declare -A SERVER_PID=() SERVER_PORT=()
 cleanup() {
-    if [[ -n $SERVER_PID ]]; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    local side
+    for side in "${!SERVER_PID[@]}"; do
+        kill -TERM "${SERVER_PID[$side]}" 2>/dev/null || true
+        wait "${SERVER_PID[$side]}" 2>/dev/null || true
+    done
     if [[ -n $BROKER_PORT ]]; then
         "$ROOT/scripts/kafka-broker.sh" stop "$BROKER_PORT" >/dev/null 2>&1 || true
     fi
@@ -111,60 +121,88 @@ wrk_run() {
         --latency -s "$ROOT/scripts/bench/post_json.lua" "http://127.0.0.1:$port/api/ml/predict"
 }
 
-# One run: prints "side rps server_cpu_s broker_cpu_s non2xx socket_errors loadavg".
-run_side() {
-    local side=$1 port deadline before broker_before after broker_after out rps errors
-    local steal_before steal_after
+start_server() {
+    local side=$1 port deadline
     port=$(free_port)
     # shellcheck disable=SC2046 # side_args is a list of words
     "$BIN" serve --workers "$WORKERS" --threads "$THREADS" --bind "127.0.0.1:$port" \
         --log-level error $(side_args "$side") >"$OUT/server-$side.log" 2>&1 &
-    SERVER_PID=$!
+    SERVER_PID[$side]=$!
+    SERVER_PORT[$side]=$port
     deadline=$((SECONDS + READY_TIMEOUT_S))
     until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do
         ((SECONDS < deadline)) || die "server ($side) not ready within ${READY_TIMEOUT_S} s"
-        kill -0 "$SERVER_PID" 2>/dev/null || die "server ($side) exited; see $OUT/server-$side.log"
+        kill -0 "${SERVER_PID[$side]}" 2>/dev/null || die "server ($side) exited; see $OUT/server-$side.log"
         sleep 0.05
     done
-    wrk_run "$port" "$WARMUP_S" >/dev/null
-    before=$(tree_ticks "$SERVER_PID")
-    broker_before=0
-    [[ -n $BROKER_PID ]] && broker_before=$(cpu_ticks "$BROKER_PID")
-    out="$OUT/wrk-$side-$RUN_INDEX.txt"
-    steal_before=$(steal_ticks)
-    wrk_run "$port" "$RUN_S" >"$out"
-    steal_after=$(steal_ticks)
-    after=$(tree_ticks "$SERVER_PID")
-    broker_after=0
-    [[ -n $BROKER_PID ]] && broker_after=$(cpu_ticks "$BROKER_PID")
-    kill -TERM "$SERVER_PID"
-    wait "$SERVER_PID" || die "server ($side) exited non-zero after TERM"
-    SERVER_PID=
-    rps=$(awk '/Requests\/sec/ {print $2}' "$out")
-    errors=$(sed -n 's/.*non2xx=\([0-9]*\) connect=\([0-9]*\) read=\([0-9]*\) write=\([0-9]*\) timeout=\([0-9]*\).*/\1 \2+\3+\4+\5/p' "$out")
-    local hz
-    hz=$(getconf CLK_TCK)
-    printf '%s %s %s %s %s %s %s\n' "$side" "$rps" \
-        "$(awk -v t=$((after - before)) -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')" \
-        "$(awk -v t=$((broker_after - broker_before)) -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')" \
-        "$errors" "$(awk -v t=$((steal_after - steal_before)) -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')" \
-        "$(cut -d' ' -f1 /proc/loadavg)"
 }
 
-echo "mode=$MODE rounds=$ROUNDS run=${RUN_S}s warmup=${WARMUP_S}s workers=$WORKERS threads=$THREADS connections=$CONNECTIONS nproc=$(nproc)"
+stop_server() {
+    local side=$1
+    kill -TERM "${SERVER_PID[$side]}"
+    wait "${SERVER_PID[$side]}" || die "server ($side) exited non-zero after TERM"
+    unset "SERVER_PID[$side]"
+}
+
+seconds_of() {
+    awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
+}
+
+# Loads the running servers of the given sides with one wrk each, all at the same time, and
+# prints "side rps server_cpu_s broker_cpu_s non2xx socket_errors steal_s loadavg" for each.
+measure() {
+    local side steal_before steal_after broker_before broker_after out rps errors
+    local -A before=() after=()
+    if ((WARMUP_S > 0)); then
+        for side in "$@"; do wrk_run "${SERVER_PORT[$side]}" "$WARMUP_S" >/dev/null; done
+    fi
+    for side in "$@"; do before[$side]=$(tree_ticks "${SERVER_PID[$side]}"); done
+    broker_before=0
+    [[ -n $BROKER_PID ]] && broker_before=$(cpu_ticks "$BROKER_PID")
+    steal_before=$(steal_ticks)
+    for side in "$@"; do wrk_run "${SERVER_PORT[$side]}" "$RUN_S" >"$OUT/wrk-$side-$RUN_INDEX.txt" & done
+    wait
+    steal_after=$(steal_ticks)
+    broker_after=0
+    [[ -n $BROKER_PID ]] && broker_after=$(cpu_ticks "$BROKER_PID")
+    for side in "$@"; do after[$side]=$(tree_ticks "${SERVER_PID[$side]}"); done
+    for side in "$@"; do
+        out="$OUT/wrk-$side-$RUN_INDEX.txt"
+        rps=$(awk '/Requests\/sec/ {print $2}' "$out")
+        errors=$(sed -n 's/.*non2xx=\([0-9]*\) connect=\([0-9]*\) read=\([0-9]*\) write=\([0-9]*\) timeout=\([0-9]*\).*/\1 \2+\3+\4+\5/p' "$out")
+        printf '%s %s %s %s %s %s %s\n' "$side" "$rps" "$(seconds_of $((after[$side] - before[$side])))" \
+            "$(seconds_of $((broker_after - broker_before)))" "$errors" \
+            "$(seconds_of $((steal_after - steal_before)))" "$(cut -d' ' -f1 /proc/loadavg)"
+    done
+}
+
+echo "mode=$MODE design=$DESIGN rounds=$ROUNDS run=${RUN_S}s warmup=${WARMUP_S}s workers=$WORKERS threads=$THREADS connections=$CONNECTIONS nproc=$(nproc)"
 echo "side rps server_cpu_s broker_cpu_s non2xx socket_errors(c+r+w+t) steal_s loadavg"
 RESULTS="$OUT/results.txt"
 : >"$RESULTS"
+if [[ $DESIGN == interleave ]]; then
+    for side in off on; do
+        start_server "$side"
+        wrk_run "${SERVER_PORT[$side]}" "$WARMUP_S" >/dev/null
+    done
+    WARMUP_S=0
+fi
 for ((RUN_INDEX = 1; RUN_INDEX <= ROUNDS; RUN_INDEX++)); do
     # Alternate which side goes first, so neither always runs on a warmer machine.
     if ((RUN_INDEX % 2)); then order="off on"; else order="on off"; fi
-    for side in $order; do
-        run_side "$side" | tee -a "$RESULTS"
-    done
+    if [[ $DESIGN == interleave ]]; then
+        for side in $order; do measure "$side" | tee -a "$RESULTS"; done
+    else
+        for side in $order; do
+            start_server "$side"
+            measure "$side" | tee -a "$RESULTS"
+            stop_server "$side"
+        done
+    fi
 done
 
 python3 - "$RESULTS" "$RUN_S" "$(nproc)" <<'EOF'
-import statistics, sys
+import random, statistics, sys
 run_s, ncpu = float(sys.argv[2]), int(sys.argv[3])
 runs = {"on": [], "off": []}
 for line in open(sys.argv[1]):
@@ -182,10 +220,15 @@ for key, what in (("rps", "requests/s"), ("unstolen", "requests/s corrected for 
         print(f"  {side}: median {statistics.median(v[side]):,.0f}, mean {statistics.mean(v[side]):,.0f}, "
               f"min {min(v[side]):,.0f}, max {max(v[side]):,.0f}")
     ratios = sorted(a / b for a, b in zip(v["on"], v["off"]))
+    # 95% interval of the median ratio: percentile bootstrap over the pairs (fixed seed).
+    rng = random.Random(1)
+    boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+    low, high = boot[49], boot[1949]
     print(f"  loss with the feature on: {(1 - statistics.median(v['on']) / statistics.median(v['off'])) * 100:.1f}% "
           f"(medians), {(1 - statistics.mean(v['on']) / statistics.mean(v['off'])) * 100:.1f}% (means), "
           f"{(1 - statistics.median(ratios)) * 100:.1f}% (median of {len(ratios)} per-round ratios, "
-          f"which range from {ratios[0]:.3f} to {ratios[-1]:.3f})")
+          f"which range from {ratios[0]:.3f} to {ratios[-1]:.3f}); 95% interval of that loss: "
+          f"{(1 - high) * 100:.1f}% to {(1 - low) * 100:.1f}%")
 v = figures("cpu_us")
 print("server CPU per request: " + ", ".join(
     f"{side} {statistics.median(v[side]):.1f} us (median)" for side in ("off", "on")))
