@@ -21,7 +21,8 @@
 # sides back to back, so slow spells of the machine hit the pair together). On a virtual machine
 # whose hypervisor steals CPU, the same figures are also given corrected for the stolen time.
 #
-# Environment: DESIGN, RUN_S (default 10), WARMUP_S (2), WORKERS (2), THREADS (2), CONNECTIONS (32),
+# Environment: ON_ARGS (more server arguments for the "on" side, for example
+# "--kafka-linger-ms 50"), DESIGN, RUN_S (default 10), WARMUP_S (2), WORKERS (2), THREADS (2), CONNECTIONS (32),
 # MLDEPLOY_BIN (default target/release/mldeploy, built when missing), ONOFF_OUT (a directory
 # for the raw wrk output; default a temporary one).
 set -euo pipefail
@@ -108,9 +109,9 @@ fi
 # The arguments that make the "on" and "off" sides differ.
 side_args() {
     case "$MODE:$1" in
-        events:on) echo "--kafka-broker 127.0.0.1:$BROKER_PORT" ;;
+        events:on) echo "--kafka-broker 127.0.0.1:$BROKER_PORT ${ON_ARGS:-}" ;;
         events:off) echo "" ;;
-        metrics:on) echo "--metrics-enabled true" ;;
+        metrics:on) echo "--metrics-enabled true ${ON_ARGS:-}" ;;
         metrics:off) echo "--metrics-enabled false" ;;
     esac
 }
