@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use schema::{Column, Dtype, Feature, FeatureValues, RowError, Schema, Table};
-pub use shared::SharedSlots;
+pub use shared::{atomic_add_f64, SharedSlots};
 
 /// What a model says about itself; served by `GET .../metadata` and stamped on responses.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

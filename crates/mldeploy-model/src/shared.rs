@@ -58,15 +58,7 @@ impl SharedSlots {
 
     /// Add to a slot that holds an `f64` (compare-and-swap loop; no lock).
     pub fn add_f64(&self, index: usize, x: f64) {
-        let slot = &self.slots[index];
-        let mut cur = slot.load(Ordering::Relaxed);
-        loop {
-            let next = (f64::from_bits(cur) + x).to_bits();
-            match slot.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(seen) => cur = seen,
-            }
-        }
+        atomic_add_f64(&self.slots[index], x);
     }
 
     /// Read a slot that holds an `f64`.
@@ -77,6 +69,19 @@ impl SharedSlots {
     /// A sub-range of the slots, for handing parts to different users.
     pub fn sub(&self, start: usize, len: usize) -> SharedSlots {
         SharedSlots { slots: &self.slots[start..start + len] }
+    }
+}
+
+/// Add `x` to a word that holds the bits of an `f64`: a compare-and-swap loop, no lock, safe
+/// against other threads and processes adding to the same word.
+pub fn atomic_add_f64(slot: &AtomicU64, x: f64) {
+    let mut cur = slot.load(Ordering::Relaxed);
+    loop {
+        let next = (f64::from_bits(cur) + x).to_bits();
+        match slot.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(seen) => cur = seen,
+        }
     }
 }
 

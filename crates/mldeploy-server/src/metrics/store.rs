@@ -24,6 +24,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use mldeploy_model::atomic_add_f64 as add_f64;
+
 /// Marks an initialised store ("mldmetr1").
 const MAGIC: u64 = u64::from_le_bytes(*b"mldmetr1");
 
@@ -948,18 +950,6 @@ impl Store {
             }
         }
         total
-    }
-}
-
-/// Add to a word holding `f64` bits (compare-and-swap loop; no lock).
-fn add_f64(slot: &AtomicU64, x: f64) {
-    let mut cur = slot.load(Ordering::Relaxed);
-    loop {
-        let next = (f64::from_bits(cur) + x).to_bits();
-        match slot.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(seen) => cur = seen,
-        }
     }
 }
 
