@@ -5,26 +5,25 @@
 #   scripts/bench/onoff.sh events  [ROUNDS]   events to a local tansu broker vs no broker
 #   scripts/bench/onoff.sh metrics [ROUNDS]   metrics on vs --metrics-enabled false
 #
-# Each round starts a fresh server per side (2 workers x 2 threads on 127.0.0.1), waits for
-# /ready, runs a warm-up, then `wrk -t2 -c32 -dRUN_Ss` posting a 1-row iris body to
-# /api/ml/predict. Two designs (DESIGN=...):
-#   alternate (default)  one side after the other (off on, on off, ...): each run has the
-#                        machine to itself, but the machine's speed drifts between runs.
+# Servers run 2 workers x 2 threads on 127.0.0.1 and are loaded with `wrk -t2 -c32` posting a
+# 1-row iris body to /api/ml/predict, after a warm-up. Two designs (DESIGN=...):
+#   alternate (default)  a fresh server per run, one side after the other (off on, on off,
+#                        ...): each run has the machine to itself, but the machine's speed
+#                        drifts between runs.
 #   interleave           both servers start once and stay up (the idle one costs nothing);
 #                        short runs (RUN_S=1 suits) take turns, off on, on off, ...: the two
-#                        runs of a pair are seconds apart, so the machine's drift hits both
-#                        alike, and the median of many pairs' ratios is the figure to read.
+#                        runs of a pair are seconds apart, so the machine's drift hits both.
 # Printed per run: requests/s, CPU seconds of the server's processes (master, workers and their
 # threads, Kafka threads included) and of the broker, CPU seconds stolen by the hypervisor, and
-# the load average; at the end the median and mean of each side, the loss of the "on" side
-# against the "off" side, and the median of the per-round ratios on/off (each round runs both
-# sides back to back, so slow spells of the machine hit the pair together). On a virtual machine
-# whose hypervisor steals CPU, the same figures are also given corrected for the stolen time.
+# the load average. At the end, for each side, the median and mean; the loss of the "on" side
+# against the "off" side by medians, by means, and as the median of the per-round ratios
+# (with a 95% bootstrap interval: the figure to read in the interleaved design); the same
+# corrected for stolen CPU; and the server's CPU per request.
 #
-# Environment: ON_ARGS (more server arguments for the "on" side, for example
-# "--kafka-linger-ms 50"), DESIGN, RUN_S (default 10), WARMUP_S (2), WORKERS (2), THREADS (2), CONNECTIONS (32),
-# MLDEPLOY_BIN (default target/release/mldeploy, built when missing), ONOFF_OUT (a directory
-# for the raw wrk output; default a temporary one).
+# Environment: DESIGN; RUN_S (default 10); WARMUP_S (2); WORKERS (2); THREADS (2);
+# CONNECTIONS (32); ON_ARGS, more server arguments for the "on" side (for example
+# "--kafka-linger-ms 50"); MLDEPLOY_BIN (default target/release/mldeploy, built when missing);
+# ONOFF_OUT, a directory for the raw output (default a new temporary one).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
