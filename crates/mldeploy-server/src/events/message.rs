@@ -6,7 +6,6 @@
 //! bytes are copied, never parsed.
 
 use std::borrow::Cow;
-use std::io::Write as _;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -18,8 +17,8 @@ use super::{EventKind, ModelTag};
 pub(crate) enum Body {
     /// Built as a JSON value.
     Value(Value),
-    /// Serialized by the server (the bytes the client got): a JSON object whose `topics` field
-    /// is `topics` and whose `model` and `version` are the worker's [`ModelTag`].
+    /// Serialized by the server (the bytes the client got): a JSON object whose `model` and
+    /// `version` are the worker's [`ModelTag`]; `topics` are those its model listed.
     Json { bytes: Bytes, topics: Vec<String> },
 }
 
@@ -116,13 +115,30 @@ pub(crate) fn build<'a>(body: &'a Body, cx: Context<'a>, mut payload: Vec<u8>) -
             (text("model"), text("version"))
         }
     };
-    // Writing to a Vec cannot fail; strings are escaped by serde_json.
-    let _ = write!(payload, "\"timestamp\":{},\"request_id\":", cx.stamp.timestamp_ms);
-    let _ = serde_json::to_writer(&mut payload, cx.request_id);
-    let _ = write!(payload, ",\"worker_pid\":{},\"route\":", cx.stamp.worker_pid);
-    let _ = serde_json::to_writer(&mut payload, cx.route);
+    let mut digits = itoa::Buffer::new();
+    payload.extend_from_slice(b"\"timestamp\":");
+    payload.extend_from_slice(digits.format(cx.stamp.timestamp_ms).as_bytes());
+    payload.extend_from_slice(b",\"request_id\":");
+    push_json_str(&mut payload, cx.request_id);
+    payload.extend_from_slice(b",\"worker_pid\":");
+    payload.extend_from_slice(digits.format(cx.stamp.worker_pid).as_bytes());
+    payload.extend_from_slice(b",\"route\":");
+    push_json_str(&mut payload, cx.route);
     payload.push(b'}');
     Message { topics: body.topics(route_topic), model, version, timestamp_ms: cx.stamp.timestamp_ms, payload }
+}
+
+/// Appends `text` as a JSON string. Request ids and routes rarely need escaping: those that do
+/// not are copied as they are.
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    if text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    }
 }
 
 /// Turns a serialized JSON object into its opening part, ready for one more member: drops
@@ -228,6 +244,18 @@ mod tests {
             expected["worker_pid"] = json!(42);
             expected["route"] = json!("/api/ml/feedback");
             assert_eq!(doc, expected);
+        }
+    }
+
+    #[test]
+    fn request_ids_and_routes_are_escaped_only_when_they_need_it() {
+        for text in
+            ["plain-id_1.2", "", "é ünïcode", "quote\"", "back\\slash", "tab\tnew\nline\u{1}", "\u{7f}"]
+        {
+            let mut out = Vec::new();
+            push_json_str(&mut out, text);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, text);
         }
     }
 

@@ -173,7 +173,8 @@ pub struct JsonEvent {
     /// The response body as sent (target, input, list_metrics, topics, model, version): one
     /// JSON object, whose `model` and `version` are the [`ModelTag`] given to [`start`].
     pub body: bytes::Bytes,
-    /// The response's `topics` list.
+    /// The topics the model's response listed (the route's own topic need not be there: every
+    /// event goes to it).
     pub topics: Vec<String>,
     /// The request id the client saw in `x-request-id`.
     pub request_id: String,

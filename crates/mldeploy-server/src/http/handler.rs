@@ -650,11 +650,33 @@ struct ModelBody<'a> {
     target: &'a Value,
     input: &'a Value,
     list_metrics: &'a [mldeploy_model::MetricValue],
-    topics: &'a [String],
+    topics: TopicList<'a>,
     model: &'a str,
     version: &'a str,
     #[serde(skip_serializing_if = "<[RowError]>::is_empty")]
     rejected: &'a [RowError],
+}
+
+/// The `topics` of an answer: those the model listed, then the route's own topic (with events
+/// on) unless the model listed it already. Serialized as one list without building it.
+struct TopicList<'a> {
+    listed: &'a [String],
+    route: Option<&'a str>,
+}
+
+impl Serialize for TopicList<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let route = self.route.filter(|route| !self.listed.iter().any(|t| t == route));
+        let mut seq = serializer.serialize_seq(Some(self.listed.len() + usize::from(route.is_some())))?;
+        for topic in self.listed {
+            seq.serialize_element(topic)?;
+        }
+        if let Some(route) = route {
+            seq.serialize_element(route)?;
+        }
+        seq.end()
+    }
 }
 
 /// Serialize the model's response once; then, with events on, move it into the event.
@@ -668,11 +690,8 @@ fn model_reply(
     let events = &server.ctx.events;
     // With events on, the response lists the route's topic (ml-deploy's `predict`/`feedback`,
     // as configured), as ml-deploy did.
-    let topic = events.topic(kind);
-    let emit = topic.is_some();
-    if let Some(topic) = topic.filter(|t| !response.topics.iter().any(|have| have == t)) {
-        response.topics.push(topic.to_string());
-    }
+    let route_topic = events.topic(kind);
+    let emit = route_topic.is_some();
     let route = match kind {
         EventKind::Predict => &server.routes.predict,
         EventKind::Feedback => &server.routes.feedback,
@@ -682,7 +701,7 @@ fn model_reply(
         target: &response.target,
         input: &response.input,
         list_metrics: &response.list_metrics,
-        topics: &response.topics,
+        topics: TopicList { listed: &response.topics, route: route_topic },
         model: &info.name,
         version: &info.version,
         rejected,
@@ -701,6 +720,7 @@ fn model_reply(
         events.emit_json(JsonEvent {
             kind,
             body: bytes.clone(),
+            // The model's own list; the producer adds the route's topic.
             topics: std::mem::take(&mut response.topics),
             request_id: id.to_string(),
             route: route.clone(),
