@@ -273,6 +273,15 @@ pub fn shared_slots(len: usize) -> io::Result<&'static [AtomicU64]> {
     Ok(sys::SharedMem::shared(len)?.leak())
 }
 
+/// Returns the memory the allocator holds free to the system. After a request that needed far
+/// more memory than usual, a worker calls this so its resident size falls back (glibc keeps
+/// freed memory of its thread arenas otherwise). Cheap next to such a request (tens of
+/// microseconds after freeing 200 MB, measured), but it locks the allocator while it runs: not
+/// for every request.
+pub fn release_free_memory() {
+    sys::trim_heap();
+}
+
 /// What `run` and `run_single` set up before serving: the validated first configuration, who to
 /// run as, the pidfile and the systemd notifier.
 struct Startup {

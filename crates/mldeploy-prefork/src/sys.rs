@@ -34,6 +34,16 @@ pub(crate) fn monotonic() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(Duration::from).unwrap_or_default()
 }
 
+/// Hands the allocator's free memory back to the system (glibc's `malloc_trim`); a no-op with
+/// other C libraries.
+pub(crate) fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer; it only locks and trims glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Words of memory: either an anonymous shared mapping (inherited by children forked after it
 /// was made, so they and the master see the same words) or ordinary private memory.
 pub(crate) struct SharedMem {

@@ -41,11 +41,17 @@ pub(crate) struct ResBody {
     state: Arc<ConnState>,
     /// The request this answers, on its connection.
     seq: u64,
+    /// Set when the exchange was large: told when it is over (see [`Server::large_exchange_ended`]).
+    large: Option<Arc<Server>>,
 }
 
+/// A request or answer body at least this large counts as a large exchange: once the worker
+/// has had none for a moment, it returns its free memory to the system.
+const LARGE_EXCHANGE_BYTES: usize = 1 << 20;
+
 impl ResBody {
-    fn new(data: Bytes, state: Arc<ConnState>, seq: u64) -> Self {
-        Self { data: (!data.is_empty()).then_some(data), state, seq }
+    fn new(data: Bytes, state: Arc<ConnState>, seq: u64, large: Option<Arc<Server>>) -> Self {
+        Self { data: (!data.is_empty()).then_some(data), state, seq, large }
     }
 }
 
@@ -72,6 +78,9 @@ impl Body for ResBody {
 impl Drop for ResBody {
     fn drop(&mut self) {
         self.state.end_request(self.seq);
+        if let Some(server) = &self.large {
+            server.large_exchange_ended();
+        }
     }
 }
 
@@ -868,14 +877,20 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 fn into_response(
-    server: &Server,
+    server: &Arc<Server>,
     state: Arc<ConnState>,
     seq: u64,
     parts: &Parts,
     reply: Reply,
     id: HeaderValue,
 ) -> Response<ResBody> {
-    let mut response = Response::new(ResBody::new(reply.body, state, seq));
+    let request_bytes = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    let large = (request_bytes.max(reply.body.len()) >= LARGE_EXCHANGE_BYTES).then(|| server.clone());
+    let mut response = Response::new(ResBody::new(reply.body, state, seq, large));
     *response.status_mut() = reply.status;
     let headers = response.headers_mut();
     if let Some(content_type) = reply.content_type {
