@@ -5,8 +5,8 @@
 #   scripts/bench/onoff.sh events  [ROUNDS]   events to a local tansu broker vs no broker
 #   scripts/bench/onoff.sh metrics [ROUNDS]   metrics on vs --metrics-enabled false
 #
-# Servers run 2 workers x 2 threads on 127.0.0.1 and are loaded with `wrk -t2 -c32` posting a
-# 1-row iris body to /api/ml/predict, after a warm-up. Two designs (DESIGN=...):
+# Servers run 2 workers x 2 threads on 127.0.0.1 and are loaded with `wrk -t2 -c32` posting an
+# iris body of ROWS rows (default 1) to /api/ml/predict, after a warm-up. Two designs (DESIGN=...):
 #   alternate (default)  a fresh server per run, one side after the other (off on, on off,
 #                        ...): each run has the machine to itself, but the machine's speed
 #                        drifts between runs.
@@ -20,7 +20,7 @@
 # (with a 95% bootstrap interval: the figure to read in the interleaved design); the same
 # corrected for stolen CPU; and the server's CPU per request.
 #
-# Environment: DESIGN; RUN_S (default 10); WARMUP_S (2); WORKERS (2); THREADS (2);
+# Environment: DESIGN; ROWS (default 1); RUN_S (default 10); WARMUP_S (2); WORKERS (2); THREADS (2);
 # CONNECTIONS (32); ON_ARGS, more server arguments for the "on" side (for example
 # "--kafka-linger-ms 50"); MLDEPLOY_BIN (default target/release/mldeploy, built when missing);
 # ONOFF_OUT, a directory for the raw output (default a new temporary one).
@@ -35,6 +35,7 @@ WARMUP_S=${WARMUP_S:-2}
 WORKERS=${WORKERS:-2}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
+ROWS=${ROWS:-1}
 BIN=${MLDEPLOY_BIN:-$ROOT/target/release/mldeploy}
 READY_TIMEOUT_S=30
 
@@ -48,6 +49,7 @@ case $MODE in
     *) die "usage: onoff.sh events|metrics [ROUNDS]" ;;
 esac
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive number"
+[[ $ROWS =~ ^[1-9][0-9]*$ ]] || die "ROWS must be a positive number"
 [[ $DESIGN == alternate || $DESIGN == interleave ]] || die "DESIGN must be alternate or interleave"
 command -v wrk >/dev/null || die "wrk is missing (scripts/setup-test-deps.sh installs it)"
 if [[ ! -x $BIN ]]; then
@@ -56,8 +58,13 @@ fi
 
 OUT=${ONOFF_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/mldeploy-onoff.XXXXXX")}
 mkdir -p "$OUT"
-BODY="$OUT/body-1.json"
-echo '{"data": [[5.1, 3.5, 1.4, 0.2]], "names": ["sepal_length", "sepal_width", "petal_length", "petal_width"]}' >"$BODY"
+BODY="$OUT/body-$ROWS.json"
+python3 - "$ROWS" "$BODY" <<'EOF'
+import json, sys
+rows, path = int(sys.argv[1]), sys.argv[2]
+names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+json.dump({"data": [[5.1, 3.5, 1.4, 0.2]] * rows, "names": names}, open(path, "w"))
+EOF
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -176,7 +183,7 @@ measure() {
     done
 }
 
-echo "mode=$MODE design=$DESIGN rounds=$ROUNDS run=${RUN_S}s warmup=${WARMUP_S}s workers=$WORKERS threads=$THREADS connections=$CONNECTIONS nproc=$(nproc)"
+echo "mode=$MODE design=$DESIGN rows=$ROWS rounds=$ROUNDS run=${RUN_S}s warmup=${WARMUP_S}s workers=$WORKERS threads=$THREADS connections=$CONNECTIONS nproc=$(nproc)"
 echo "side rps server_cpu_s broker_cpu_s non2xx socket_errors(c+r+w+t) steal_s loadavg"
 RESULTS="$OUT/results.txt"
 : >"$RESULTS"
