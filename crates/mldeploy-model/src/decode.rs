@@ -19,21 +19,22 @@
 //! that is neither a list nor an object, lists and objects mixed in one request, `names` that is
 //! not a list of strings or that comes with records, an unknown `on_error`.
 //!
-//! Decoding checks shapes only; [`crate::Schema::validate`] checks the values.
+//! Decoding checks shapes only; [`crate::Schema::validate`] checks the values. Rows borrow
+//! their values from the body: a large request is not held twice in memory.
 
 use serde_json::{Map, Value};
 
 use crate::ModelError;
 
-/// Rows as sent, before validation.
+/// Rows as sent, before validation, borrowing their values from the body.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rows {
+pub struct Rows<'a> {
     /// Column names: from `names`, or from the records' keys (first record's key order).
     /// `None` for array rows sent without names (positional, schema order).
     pub names: Option<Vec<String>>,
     /// The rows. For records, each row holds its values in `names` order, with `None` where
     /// the record lacks that key; extra keys of a record are listed in `extra`.
-    pub rows: Vec<Row>,
+    pub rows: Vec<Row<'a>>,
     /// How the rows were sent; decides how names are matched (see [`RowShape`]).
     pub shape: RowShape,
 }
@@ -51,9 +52,9 @@ pub enum RowShape {
 
 /// One row as sent.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Row {
+pub struct Row<'a> {
     /// Values, positional or in `Rows::names` order; `None` marks a key the record lacks.
-    pub values: Vec<Option<Value>>,
+    pub values: Vec<Option<&'a Value>>,
     /// Keys of a record that are not in `Rows::names`.
     pub extra: Vec<String>,
 }
@@ -72,7 +73,7 @@ pub enum OnError {
 const CONTROL_KEYS: [&str; 2] = ["on_error", "params"];
 
 /// Decode a predict or feedback body into rows and the client's choice for invalid rows.
-pub fn decode_rows(body: &Value) -> Result<(Rows, OnError), ModelError> {
+pub fn decode_rows(body: &Value) -> Result<(Rows<'_>, OnError), ModelError> {
     match body {
         Value::Object(obj) => {
             let on_error = on_error_of(obj)?;
@@ -96,7 +97,7 @@ pub fn decode_rows(body: &Value) -> Result<(Rows, OnError), ModelError> {
 
 /// Decode a feedback or predict `data` value alone (no `names`, no `on_error`): a list of
 /// rows or a single record.
-pub fn decode_data(data: &Value, names: Option<&Value>) -> Result<Rows, ModelError> {
+pub fn decode_data<'a>(data: &'a Value, names: Option<&Value>) -> Result<Rows<'a>, ModelError> {
     match data {
         Value::Array(items) => decode_list(items, names, "data"),
         Value::Object(obj) => {
@@ -120,7 +121,7 @@ fn on_error_of(obj: &Map<String, Value>) -> Result<OnError, ModelError> {
     }
 }
 
-fn decode_list(items: &[Value], names: Option<&Value>, what: &str) -> Result<Rows, ModelError> {
+fn decode_list<'a>(items: &'a [Value], names: Option<&Value>, what: &str) -> Result<Rows<'a>, ModelError> {
     let Some(first) = items.first() else {
         return Err(bad(format!("{what} holds no rows")));
     };
@@ -132,7 +133,7 @@ fn decode_list(items: &[Value], names: Option<&Value>, what: &str) -> Result<Row
                 let Value::Array(values) = item else {
                     return Err(mixed(what, i, item, "a list"));
                 };
-                rows.push(Row { values: values.iter().cloned().map(Some).collect(), extra: Vec::new() });
+                rows.push(Row { values: values.iter().map(Some).collect(), extra: Vec::new() });
             }
             let shape = if names.is_some() { RowShape::Named } else { RowShape::Positional };
             Ok(Rows { names, rows, shape })
@@ -173,7 +174,7 @@ fn names_of(names: &Value) -> Result<Vec<String>, ModelError> {
         .collect()
 }
 
-fn single_record(obj: &Map<String, Value>, skip_control: bool) -> Rows {
+fn single_record(obj: &Map<String, Value>, skip_control: bool) -> Rows<'_> {
     let names: Vec<String> =
         obj.keys().filter(|k| !(skip_control && CONTROL_KEYS.contains(&k.as_str()))).cloned().collect();
     let row = record_row(obj, &names, skip_control);
@@ -181,7 +182,7 @@ fn single_record(obj: &Map<String, Value>, skip_control: bool) -> Rows {
 }
 
 /// One record's values in `names` order; keys outside `names` go to `extra`.
-fn record_row(obj: &Map<String, Value>, names: &[String], skip_control: bool) -> Row {
+fn record_row<'a>(obj: &'a Map<String, Value>, names: &[String], skip_control: bool) -> Row<'a> {
     // Usual case: the same keys as the first record, so the same (sorted) order.
     if !skip_control && obj.len() == names.len() {
         let mut values = Vec::with_capacity(names.len());
@@ -189,13 +190,13 @@ fn record_row(obj: &Map<String, Value>, names: &[String], skip_control: bool) ->
             if key != name {
                 break;
             }
-            values.push(Some(value.clone()));
+            values.push(Some(value));
         }
         if values.len() == names.len() {
             return Row { values, extra: Vec::new() };
         }
     }
-    let values: Vec<Option<Value>> = names.iter().map(|n| obj.get(n).cloned()).collect();
+    let values: Vec<Option<&Value>> = names.iter().map(|n| obj.get(n)).collect();
     let found = values.iter().filter(|v| v.is_some()).count();
     let own_keys = if skip_control {
         obj.keys().filter(|k| !CONTROL_KEYS.contains(&k.as_str())).count()
@@ -239,8 +240,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn decode(v: Value) -> (Rows, OnError) {
-        decode_rows(&v).unwrap()
+    /// Decodes a body kept alive for the test (rows borrow from it).
+    fn decode(v: Value) -> (Rows<'static>, OnError) {
+        decode_rows(Box::leak(Box::new(v))).unwrap()
     }
 
     fn bad_message(v: Value) -> String {
@@ -257,7 +259,7 @@ mod tests {
         assert_eq!(rows.shape, RowShape::Named);
         assert_eq!(rows.names, Some(vec!["x".to_string(), "y".to_string()]));
         assert_eq!(rows.rows.len(), 2);
-        assert_eq!(rows.rows[1].values, vec![Some(json!(2)), Some(json!("b"))]);
+        assert_eq!(rows.rows[1].values, vec![Some(&json!(2)), Some(&json!("b"))]);
     }
 
     #[test]
@@ -276,8 +278,8 @@ mod tests {
         let (rows, _) = decode(json!({"data": [{"a": 1, "b": 2}, {"b": 3, "c": 4}]}));
         assert_eq!(rows.shape, RowShape::Records);
         assert_eq!(rows.names, Some(vec!["a".to_string(), "b".to_string()]));
-        assert_eq!(rows.rows[0].values, vec![Some(json!(1)), Some(json!(2))]);
-        assert_eq!(rows.rows[1].values, vec![None, Some(json!(3))]);
+        assert_eq!(rows.rows[0].values, vec![Some(&json!(1)), Some(&json!(2))]);
+        assert_eq!(rows.rows[1].values, vec![None, Some(&json!(3))]);
         assert_eq!(rows.rows[1].extra, vec!["c".to_string()]);
     }
 
@@ -292,7 +294,7 @@ mod tests {
     fn list_of_records() {
         let (rows, _) = decode(json!([{"Age": 22, "Sex": "male"}, {"Sex": "female", "Age": 30}]));
         assert_eq!(rows.shape, RowShape::Records);
-        assert_eq!(rows.rows[1].values, vec![Some(json!(30)), Some(json!("female"))]);
+        assert_eq!(rows.rows[1].values, vec![Some(&json!(30)), Some(&json!("female"))]);
     }
 
     #[test]

@@ -225,7 +225,7 @@ impl Schema {
 
     /// Validate decoded rows into a column-major [`Table`] in schema order (see the module
     /// docs for the rules). `Err` is always [`ModelError::Invalid`].
-    pub fn validate(&self, rows: &Rows, on_error: OnError) -> Result<Validated, ModelError> {
+    pub fn validate(&self, rows: &Rows<'_>, on_error: OnError) -> Result<Validated, ModelError> {
         let n_rows = rows.rows.len();
         let mut errors = Errors::default();
 
@@ -284,7 +284,7 @@ impl Schema {
                     errors.unexpected(Some(i), key);
                 }
                 for ((feature, column), at) in self.features.iter().zip(columns.iter_mut()).zip(&src) {
-                    let Some(value) = at.and_then(|j| row.values.get(j)).and_then(Option::as_ref) else {
+                    let Some(value) = at.and_then(|j| row.values.get(j).copied().flatten()) else {
                         errors.push(
                             Some(i),
                             Some(&feature.name),
@@ -793,15 +793,16 @@ mod tests {
             Dtype::Category,
             Some(FeatureValues::Categories(vec![json!(1), json!("S"), json!(true)])),
         )]);
-        let (rows, on_error) =
-            decode_rows(&json!({"data": [[1.0], ["1"], ["S"], [true], ["true"]]})).unwrap();
+        let body = json!({"data": [[1.0], ["1"], ["S"], [true], ["true"]]});
+        let (rows, on_error) = decode_rows(&body).unwrap();
         let v = s.validate(&rows, on_error).unwrap();
         assert_eq!(
             v.table.columns[0],
             Column::Category(vec!["1".into(), "1".into(), "S".into(), "true".into(), "true".into()])
         );
         let free = Schema::new(vec![feature("c", Dtype::Category, None)]);
-        let (rows, on_error) = decode_rows(&json!({"data": [[2.5], [false], ["x"]]})).unwrap();
+        let body = json!({"data": [[2.5], [false], ["x"]]});
+        let (rows, on_error) = decode_rows(&body).unwrap();
         let v = free.validate(&rows, on_error).unwrap();
         assert_eq!(v.table.columns[0], Column::Category(vec!["2.5".into(), "false".into(), "x".into()]));
     }
@@ -814,10 +815,9 @@ mod tests {
         }
         let mut s = schema();
         s.features[0].allow_nan = true;
-        let (rows, on_error) =
-            decode_rows(&json!({"data": [["NaN", 1, "male", true], [null, 1, "male", true],
-            ["-Infinity", 1, "male", true]]}))
-            .unwrap();
+        let body = json!({"data": [["NaN", 1, "male", true], [null, 1, "male", true],
+            ["-Infinity", 1, "male", true]]});
+        let (rows, on_error) = decode_rows(&body).unwrap();
         let v = s.validate(&rows, on_error).unwrap();
         let Column::Numeric(ages) = &v.table.columns[0] else { panic!() };
         assert!(ages[0].is_nan() && ages[1].is_nan() && ages[2] == f64::NEG_INFINITY);

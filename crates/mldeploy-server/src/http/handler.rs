@@ -601,6 +601,9 @@ fn predict(server: &Server, parts: &Parts, body: &[u8], id: &str) -> Answer {
     let input = PredictInput { body: json, table, form };
     let model = &server.ctx.model;
     let response = call_model(server, id, || model.predict(&input))?;
+    // The request's JSON and table are done with: free them before the answer is serialized,
+    // which is when a large request needs the most memory.
+    drop(input);
     let rows = rows.unwrap_or_else(|| {
         response.target.get("y_predicted").and_then(Value::as_array).map_or(1, |a| a.len() as u64)
     });
@@ -650,6 +653,7 @@ fn feedback(server: &Server, parts: &Parts, body: &[u8], id: &str) -> Answer {
     let input = FeedbackInput { data, table, y_true, y_predict };
     let model = &server.ctx.model;
     let response = call_model(server, id, || model.feedback(&input))?;
+    drop(input);
     Ok(model_reply(server, response, EventKind::Feedback, &[], id))
 }
 
