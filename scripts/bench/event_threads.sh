@@ -16,24 +16,15 @@ RUN_S=${1:-6}
 EVENTS=${2:-on}
 ROWS=${ROWS:-1}
 BIN=${MLDEPLOY_BIN:-$ROOT/target/release/mldeploy}
-READY_TIMEOUT_S=30
-
-die() {
-    echo "event_threads.sh: $*" >&2
-    exit 1
-}
+# shellcheck source=common.sh
+source "$ROOT/scripts/bench/common.sh"
 
 [[ $RUN_S =~ ^[1-9][0-9]*$ && $ROWS =~ ^[1-9][0-9]*$ ]] || die "SECONDS and ROWS must be positive numbers"
 [[ $EVENTS == on || $EVENTS == off ]] || die "the second argument is on or off"
 command -v wrk >/dev/null || die "wrk is missing (scripts/setup-test-deps.sh installs it)"
-if [[ ! -x $BIN ]]; then
-    (cd "$ROOT" && cargo build -j2 --release -p mldeploy) || die "release build failed"
-fi
+ensure_release_bin
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mldeploy-threads.XXXXXX")
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 BROKER_PORT=$(free_port)
 SERVER_PID=
 cleanup() {
@@ -50,23 +41,14 @@ trap cleanup EXIT
 "$ROOT/scripts/kafka-broker.sh" topic "$BROKER_PORT" predict >/dev/null
 BROKER_PID=$("$ROOT/scripts/kafka-broker.sh" pid "$BROKER_PORT")
 
-python3 - "$ROWS" "$WORK/body.json" <<'EOF'
-import json, sys
-rows, path = int(sys.argv[1]), sys.argv[2]
-names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-json.dump({"data": [[5.1, 3.5, 1.4, 0.2]] * rows, "names": names}, open(path, "w"))
-EOF
+iris_body "$ROWS" "$WORK/body.json"
 
 PORT=$(free_port)
 EVENT_ARGS=()
 [[ $EVENTS == on ]] && EVENT_ARGS=(--kafka-broker "127.0.0.1:$BROKER_PORT")
 "$BIN" serve --workers 2 --threads 2 --bind "127.0.0.1:$PORT" --log-level error "${EVENT_ARGS[@]}" &
 SERVER_PID=$!
-deadline=$((SECONDS + READY_TIMEOUT_S))
-until curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null; do
-    ((SECONDS < deadline)) || die "server not ready within ${READY_TIMEOUT_S} s"
-    sleep 0.05
-done
+wait_ready "$PORT" "$SERVER_PID"
 
 wrk_run() {
     BENCH_BODY="$WORK/body.json" timeout $(($1 + 15)) wrk -t2 -c32 -d"$1s" \

@@ -13,17 +13,11 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 ROWS=${1:-300000}
 ROUNDS=${2:-3}
 BIN=${MLDEPLOY_BIN:-$ROOT/target/release/mldeploy}
-READY_TIMEOUT_S=30
-
-die() {
-    echo "large_body_memory.sh: $*" >&2
-    exit 1
-}
+# shellcheck source=common.sh
+source "$ROOT/scripts/bench/common.sh"
 
 [[ $ROWS =~ ^[1-9][0-9]*$ && $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROWS and ROUNDS must be positive numbers"
-if [[ ! -x $BIN ]]; then
-    (cd "$ROOT" && cargo build -j2 --release -p mldeploy) || die "release build failed"
-fi
+ensure_release_bin
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mldeploy-bigbody.XXXXXX")
 SERVER_PID=
@@ -47,15 +41,11 @@ names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 json.dump({"data": data, "names": names}, open(path, "w"))
 EOF
 
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 "$BIN" serve --workers 1 --threads 2 --bind "127.0.0.1:$PORT" --log-level error \
     --max-body $(($(stat -c %s "$WORK/body.json") + 1024)) &
 SERVER_PID=$!
-deadline=$((SECONDS + READY_TIMEOUT_S))
-until curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null; do
-    ((SECONDS < deadline)) || die "server not ready within ${READY_TIMEOUT_S} s"
-    sleep 0.05
-done
+wait_ready "$PORT" "$SERVER_PID"
 WORKER=$(pgrep -P "$SERVER_PID" | head -1)
 status_kb() { awk -v f="$1:" '$1 == f {print $2}' "/proc/$WORKER/status"; }
 

@@ -37,12 +37,8 @@ THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 ROWS=${ROWS:-1}
 BIN=${MLDEPLOY_BIN:-$ROOT/target/release/mldeploy}
-READY_TIMEOUT_S=30
-
-die() {
-    echo "onoff.sh: $*" >&2
-    exit 1
-}
+# shellcheck source=common.sh
+source "$ROOT/scripts/bench/common.sh"
 
 case $MODE in
     events | metrics) ;;
@@ -52,23 +48,12 @@ esac
 [[ $ROWS =~ ^[1-9][0-9]*$ ]] || die "ROWS must be a positive number"
 [[ $DESIGN == alternate || $DESIGN == interleave ]] || die "DESIGN must be alternate or interleave"
 command -v wrk >/dev/null || die "wrk is missing (scripts/setup-test-deps.sh installs it)"
-if [[ ! -x $BIN ]]; then
-    (cd "$ROOT" && cargo build -j2 --release -p mldeploy) || die "release build failed"
-fi
+ensure_release_bin
 
 OUT=${ONOFF_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/mldeploy-onoff.XXXXXX")}
 mkdir -p "$OUT"
 BODY="$OUT/body-$ROWS.json"
-python3 - "$ROWS" "$BODY" <<'EOF'
-import json, sys
-rows, path = int(sys.argv[1]), sys.argv[2]
-names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-json.dump({"data": [[5.1, 3.5, 1.4, 0.2]] * rows, "names": names}, open(path, "w"))
-EOF
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+iris_body "$ROWS" "$BODY"
 
 # Clock ticks of utime + stime of one process (all its threads) and its reaped children.
 cpu_ticks() {
@@ -129,19 +114,14 @@ wrk_run() {
 }
 
 start_server() {
-    local side=$1 port deadline
+    local side=$1 port
     port=$(free_port)
     # shellcheck disable=SC2046 # side_args is a list of words
     "$BIN" serve --workers "$WORKERS" --threads "$THREADS" --bind "127.0.0.1:$port" \
         --log-level error $(side_args "$side") >"$OUT/server-$side.log" 2>&1 &
     SERVER_PID[$side]=$!
     SERVER_PORT[$side]=$port
-    deadline=$((SECONDS + READY_TIMEOUT_S))
-    until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do
-        ((SECONDS < deadline)) || die "server ($side) not ready within ${READY_TIMEOUT_S} s"
-        kill -0 "${SERVER_PID[$side]}" 2>/dev/null || die "server ($side) exited; see $OUT/server-$side.log"
-        sleep 0.05
-    done
+    wait_ready "$port" "${SERVER_PID[$side]}"
 }
 
 stop_server() {
