@@ -331,3 +331,61 @@ fn bad_settings_are_refused_with_the_setting_named() {
     server.wait_exit(Duration::from_secs(10)).expect("exits at once");
     assert!(server.output().contains("debug, info, warning, error"), "{}", server.output());
 }
+
+/// Effective uid and gid of a process, from /proc/PID/status ("self" for this one).
+fn effective_ids(pid: &str) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let effective = |field: &str| -> Option<u32> {
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(2)?.parse().ok()
+    };
+    Some((effective("Uid:")?, effective("Gid:")?))
+}
+
+/// `nobody`'s uid and gid, and the name of that group, from /etc/passwd and /etc/group.
+fn nobody() -> Option<(u32, u32, String)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let fields: Vec<&str> = passwd.lines().find(|l| l.starts_with("nobody:"))?.split(':').collect();
+    let (uid, gid) = (fields.get(2)?.parse().ok()?, fields.get(3)?.parse::<u32>().ok()?);
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    let group = groups
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|g| g.get(2) == Some(&gid.to_string().as_str()))?;
+    Some((uid, gid, group[0].to_string()))
+}
+
+#[test]
+fn workers_switch_to_the_configured_user_and_group_and_the_master_keeps_its_own() {
+    let own = effective_ids("self").expect("/proc/self/status");
+    let Some((uid, gid, group)) = nobody().filter(|_| own.0 == 0) else {
+        // Changing identity takes root (and a `nobody` account).
+        eprintln!("skipped: not root, or no nobody account");
+        return;
+    };
+    let server = Server::start(&["serve", "--workers", "2", "--user", "nobody", "--group", &group]);
+    let workers = wait_workers(&server, 2);
+    for pid in &workers {
+        assert_eq!(effective_ids(&pid.to_string()), Some((uid, gid)), "worker {pid}");
+    }
+    assert_eq!(effective_ids(&server.pid().to_string()), Some(own), "the master");
+    let body = demo_sample(&server);
+    assert_eq!(server.post_json(PREDICT, &body).status, 200);
+    // Replacements and a reload's new generation switch too.
+    common::kill(workers[0], SIGKILL);
+    let replaced = wait_until(Duration::from_secs(10), || {
+        let now = server.worker_pids();
+        now.len() == 2 && !now.contains(&workers[0])
+    });
+    assert!(replaced, "worker {} not replaced\n{}", workers[0], server.output());
+    server.signal(SIGHUP);
+    let reloaded = wait_until(Duration::from_secs(30), || {
+        let now = server.worker_pids();
+        now.len() == 2 && now.iter().all(|p| !workers.contains(p))
+    });
+    assert!(reloaded, "no new generation: {:?}\n{}", server.worker_pids(), server.output());
+    for pid in server.worker_pids() {
+        assert_eq!(effective_ids(&pid.to_string()), Some((uid, gid)), "worker {pid} after the reload");
+    }
+    assert_eq!(server.post_json(PREDICT, &body).status, 200);
+}
