@@ -1,4 +1,4 @@
-# Helpers shared by the scripts in scripts/bench/ (sourced, not run). The sourcing script sets
+# Functions shared by the scripts in scripts/bench/ (sourced, not run). The sourcing script sets
 # ROOT (the repository) and may set BIN (the server binary) before calling them.
 
 READY_TIMEOUT_S=30
