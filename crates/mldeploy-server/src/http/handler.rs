@@ -284,6 +284,8 @@ struct Reply {
     /// Close the connection after this answer.
     close: bool,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// The request body read for it was large (see [`LARGE_EXCHANGE_BYTES`]).
+    large_request: bool,
 }
 
 /// `Err` carries an error answer, so handlers can use `?`.
@@ -300,7 +302,14 @@ struct ErrorBody<'a> {
 
 impl Reply {
     fn json(status: StatusCode, body: impl Into<Bytes>) -> Self {
-        Self { status, content_type: Some(JSON), body: body.into(), close: false, headers: Vec::new() }
+        Self {
+            status,
+            content_type: Some(JSON),
+            body: body.into(),
+            close: false,
+            headers: Vec::new(),
+            large_request: false,
+        }
     }
 
     fn error(status: StatusCode, error: &str, message: &str, id: &str) -> Self {
@@ -391,6 +400,7 @@ async fn answer(
         Ok(body) => body,
         Err(reply) => return reply,
     };
+    let large_request = body.len() >= LARGE_EXCHANGE_BYTES;
     let answered = match route {
         Route::Predict => predict(server, parts, &body, id),
         Route::Feedback => feedback(server, parts, &body, id),
@@ -407,7 +417,7 @@ async fn answer(
         Route::Metrics => metrics(server, parts, id),
         Route::Custom(i) => custom(server, i, parts, body, id),
     };
-    answered.unwrap_or_else(|e| e)
+    Reply { large_request, ..answered.unwrap_or_else(|e| e) }
 }
 
 /// An answer given without reading the request body: if there is one, the connection
@@ -445,6 +455,7 @@ fn preflight(parts: &Parts, allow: HeaderValue) -> Reply {
         content_type: None,
         body: Bytes::new(),
         close: false,
+        large_request: false,
         headers: vec![
             (header::ALLOW, allow.clone()),
             (header::ACCESS_CONTROL_ALLOW_METHODS, allow),
@@ -796,6 +807,7 @@ fn custom(server: &Server, index: usize, parts: &Parts, body: Bytes, id: &str) -
         body: Bytes::from(body),
         close: false,
         headers: Vec::new(),
+        large_request: false,
     })
 }
 
@@ -888,12 +900,7 @@ fn into_response(
     reply: Reply,
     id: HeaderValue,
 ) -> Response<ResBody> {
-    let request_bytes = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .unwrap_or(0);
-    let large = (request_bytes.max(reply.body.len()) >= LARGE_EXCHANGE_BYTES).then(|| server.clone());
+    let large = (reply.large_request || reply.body.len() >= LARGE_EXCHANGE_BYTES).then(|| server.clone());
     let mut response = Response::new(ResBody::new(reply.body, state, seq, large));
     *response.status_mut() = reply.status;
     let headers = response.headers_mut();
