@@ -14,5 +14,6 @@ mod log;
 pub mod metrics;
 
 pub use app::run_cli;
+pub use mldeploy_prefork::Allocator;
 
 pub use mldeploy_model::{Model, ModelLoader};

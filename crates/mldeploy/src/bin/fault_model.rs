@@ -16,6 +16,11 @@ use std::time::Duration;
 use mldeploy_model::{LoadContext, Model, ModelError, ModelInfo, PredictInput, Response};
 use serde_json::{json, Value};
 
+/// The same allocator as the `mldeploy` command, so failures are rehearsed on the same memory
+/// behaviour.
+#[global_allocator]
+static ALLOCATOR: mldeploy_server::Allocator = mldeploy_server::Allocator;
+
 struct FaultModel {
     info: ModelInfo,
 }
