@@ -157,7 +157,9 @@ pub enum SupervisorEvent {
     /// Worker processes alive now (after a spawn or an exit).
     WorkersAlive(usize),
     /// A reload ended: `ok` if the new generation serves, false if the old one still does.
-    ReloadFinished { ok: bool },
+    /// `serving` is the generation that serves now: no worker of another generation will be
+    /// started again, so what the application kept for them can go.
+    ReloadFinished { ok: bool, serving: u64 },
 }
 
 /// How a worker is asked to stop.

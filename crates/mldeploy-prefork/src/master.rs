@@ -491,7 +491,7 @@ impl<O: Os, A: App> Master<O, A> {
             _ => {
                 if let Phase::Reloading(_) = self.phase {
                     warn!(self.log, "reload abandoned"; "why" => "stopping");
-                    self.emit(SupervisorEvent::ReloadFinished { ok: false });
+                    self.emit(SupervisorEvent::ReloadFinished { ok: false, serving: self.current.number });
                 }
                 self.os.notify("STOPPING=1\nSTATUS=stopping");
                 let graceful = self.current.config.graceful_timeout;
@@ -560,7 +560,7 @@ impl<O: Os, A: App> Master<O, A> {
         self.left.retain(|&(generation, _), _| generation == current);
         self.phase = Phase::Running;
         info!(self.log, "reload finished"; "ok" => true, "generation" => self.current.number, "workers" => self.target);
-        self.emit(SupervisorEvent::ReloadFinished { ok: true });
+        self.emit(SupervisorEvent::ReloadFinished { ok: true, serving: current });
         self.status = Some((self.target, self.target));
         self.os.notify(&format!("READY=1\nSTATUS={} workers serving", self.target));
     }
@@ -583,7 +583,7 @@ impl<O: Os, A: App> Master<O, A> {
         let current = self.current.number;
         self.left.retain(|&(generation, _), _| generation == current);
         error!(self.log, "reload finished"; "ok" => false, "error" => why, "generation" => self.current.number);
-        self.emit(SupervisorEvent::ReloadFinished { ok: false });
+        self.emit(SupervisorEvent::ReloadFinished { ok: false, serving: current });
         let serving = self.current_ready();
         self.status = Some((serving, self.target));
         self.os.notify(&format!("READY=1\nSTATUS=reload failed ({why}); {serving} workers serving"));

@@ -1,6 +1,7 @@
 //! Wiring: the master side (settings, shared memory, supervision) and the worker side (load the
 //! model, start the event producer, serve HTTP until told to stop).
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
@@ -158,10 +159,13 @@ fn supervisor_config(s: &Settings) -> SupervisorConfig {
 struct ServerApp<L> {
     loader: Arc<L>,
     source: SettingsSource,
-    /// The settings of every generation the supervisor accepted, indexed by generation: a
-    /// worker respawned in an old generation after a failed reload keeps that generation's
-    /// settings (and model path), not the refused ones.
-    generations: Vec<Settings>,
+    /// The settings of the generations whose workers may still be started, by generation
+    /// number: a worker respawned in the serving generation after a failed reload keeps that
+    /// generation's settings (and model path), not the refused ones. Pruned to the serving
+    /// generation when a reload ends, so reloads do not pile settings up in the master.
+    generations: BTreeMap<u64, Settings>,
+    /// The number the supervisor gives the next configuration `prepare` accepts.
+    next_generation: u64,
     logs: Logs,
     metrics: Metrics,
     model_slots: SharedSlots,
@@ -191,7 +195,8 @@ fn serve<L: ModelLoader>(loader: L, source: SettingsSource, settings: Settings) 
     let app = ServerApp {
         loader: Arc::new(loader),
         source,
-        generations: vec![settings],
+        generations: BTreeMap::from([(0, settings)]),
+        next_generation: 1,
         logs,
         metrics,
         model_slots,
@@ -243,10 +248,10 @@ impl<L: ModelLoader> ServerApp<L> {
 impl<L: ModelLoader> App for ServerApp<L> {
     fn prepare(&mut self, reload: bool) -> Result<SupervisorConfig, String> {
         if !reload {
-            return Ok(supervisor_config(&self.generations[0]));
+            return Ok(supervisor_config(&self.generations[&0]));
         }
         let fresh = self.source.load().map_err(|e| e.to_string())?;
-        let current = self.generations.last().expect("generation 0 exists");
+        let (_, current) = self.generations.last_key_value().expect("the serving generation is kept");
         if fresh.bind_addrs().ok() != current.bind_addrs().ok() {
             warn!(
                 self.logs.log,
@@ -254,15 +259,16 @@ impl<L: ModelLoader> App for ServerApp<L> {
             );
         }
         let config = supervisor_config(&fresh);
-        self.generations.push(fresh);
+        self.generations.insert(self.next_generation, fresh);
+        self.next_generation += 1;
         Ok(config)
     }
 
     fn run_worker(&self, worker: Worker) -> i32 {
         let log = self.logs.log.new(o!("worker" => worker.index, "generation" => worker.generation));
-        let generation = usize::try_from(worker.generation).unwrap_or(usize::MAX);
-        let settings =
-            self.generations.get(generation).or(self.generations.last()).expect("generation 0 exists");
+        let settings = (self.generations.get(&worker.generation))
+            .or(self.generations.values().next_back())
+            .expect("the serving generation is kept");
         let Some(model) = self.load_model(settings, &log) else {
             return exit_code::BOOT_FAILURE;
         };
@@ -311,7 +317,10 @@ impl<L: ModelLoader> App for ServerApp<L> {
                 self.metrics.worker_restart(reason);
             }
             SupervisorEvent::WorkersAlive(n) => self.metrics.workers_alive(*n),
-            SupervisorEvent::ReloadFinished { ok } => self.metrics.reload(*ok),
+            SupervisorEvent::ReloadFinished { ok, serving } => {
+                self.metrics.reload(*ok);
+                self.generations.retain(|generation, _| generation == serving);
+            }
             SupervisorEvent::WorkerReady { .. } => {}
         }
     }
@@ -331,4 +340,60 @@ fn spawn_stop_watch(handle: WorkerHandle, tx: crossbeam_channel::Sender<Stop>, f
             let _ = tx.send(stop);
         })
         .expect("spawn the stop-watch thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn no_model(_: Option<&Path>, _: &LoadContext) -> Result<Arc<dyn Model>, ModelError> {
+        unreachable!("the master never loads the model")
+    }
+
+    type NoModel = fn(Option<&Path>, &LoadContext) -> Result<Arc<dyn Model>, ModelError>;
+
+    /// The master's side of the application, as `serve` builds it, without the listeners.
+    fn master_app() -> ServerApp<NoModel> {
+        let Ok(Invocation::Serve(source)) = crate::cli::parse(["mldeploy", "serve", "--workers", "1"]) else {
+            panic!("a serve command line");
+        };
+        let settings = source.load().expect("default settings");
+        let reopen_logs: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+        let slots: &'static [AtomicU64] = Box::leak((0..8).map(|_| AtomicU64::new(0)).collect());
+        ServerApp {
+            loader: Arc::new(no_model as NoModel),
+            source,
+            logs: log::build(&settings.log, reopen_logs).expect("logs to stderr"),
+            generations: BTreeMap::from([(0, settings)]),
+            next_generation: 1,
+            metrics: Metrics::disabled(),
+            model_slots: SharedSlots::new(slots),
+            reopen_logs,
+        }
+    }
+
+    fn kept(app: &ServerApp<impl ModelLoader>) -> Vec<u64> {
+        app.generations.keys().copied().collect()
+    }
+
+    #[test]
+    fn reloads_keep_only_the_settings_of_the_generation_that_serves() {
+        let mut app = master_app();
+        app.prepare(false).expect("the first configuration");
+        for serving in 1..=5 {
+            app.prepare(true).expect("the same settings again");
+            assert_eq!(kept(&app), [serving - 1, serving], "the old and the booting generation");
+            app.on_event(&SupervisorEvent::ReloadFinished { ok: true, serving });
+            assert_eq!(kept(&app), [serving]);
+        }
+        // A reload whose generation (6) failed: its settings go, the serving one's stay, and
+        // numbering goes on as the supervisor's does.
+        app.prepare(true).expect("accepted, then failed to boot");
+        app.on_event(&SupervisorEvent::ReloadFinished { ok: false, serving: 5 });
+        assert_eq!(kept(&app), [5]);
+        app.prepare(true).expect("the next reload");
+        assert_eq!(kept(&app), [5, 7]);
+    }
 }

@@ -270,10 +270,11 @@ impl Harness {
         })
     }
 
-    fn reloads_finished(&self) -> Vec<bool> {
+    /// Each finished reload: whether it succeeded, and the generation serving after it.
+    fn reloads_finished(&self) -> Vec<(bool, u64)> {
         (self.events().into_iter())
             .filter_map(|event| match event {
-                SupervisorEvent::ReloadFinished { ok } => Some(ok),
+                SupervisorEvent::ReloadFinished { ok, serving } => Some((ok, serving)),
                 _ => None,
             })
             .collect()
@@ -481,7 +482,7 @@ fn reload_replaces_the_generation_once_every_new_worker_is_ready() {
         assert_eq!(h.signals_sent_to(pid), [Signal::SIGTERM]);
     }
     assert_eq!(h.states_notified(), ["READY=1", "RELOADING=1", "READY=1"]);
-    assert_eq!(h.reloads_finished(), [true]);
+    assert_eq!(h.reloads_finished(), [(true, 1)]);
     for &pid in &old {
         h.exit(pid, Exit::Code(0));
     }
@@ -509,7 +510,7 @@ fn a_new_generation_that_fails_to_boot_is_abandoned_and_the_old_one_keeps_servin
     assert_eq!(h.exit_reason(failing), Some(RestartReason::BootFailure));
     assert_eq!(h.signals_sent_to(booted), [Signal::SIGTERM], "the new worker that serves stops gracefully");
     assert!(old.iter().all(|&pid| h.signals_sent_to(pid).is_empty()));
-    assert_eq!(h.reloads_finished(), [false]);
+    assert_eq!(h.reloads_finished(), [(false, 0)]);
     assert_eq!(h.states_notified(), ["READY=1", "RELOADING=1", "READY=1"]);
     assert!(matches!(h.master.phase, Phase::Running));
     h.exit(booted, Exit::Code(0));
@@ -532,7 +533,7 @@ fn a_refused_configuration_keeps_the_old_workers() {
     assert_eq!(h.pids(), old);
     assert_eq!(h.spawned(), 2);
     assert!(old.iter().all(|&pid| h.signals_sent_to(pid).is_empty()));
-    assert_eq!(h.reloads_finished(), [false]);
+    assert_eq!(h.reloads_finished(), [(false, 0)]);
     assert_eq!(h.states_notified(), ["READY=1", "RELOADING=1", "READY=1"]);
     let last = h.notified().last().cloned().unwrap_or_default();
     assert!(last.contains("invalid TOML"), "{last}");
@@ -700,7 +701,7 @@ fn every_configuration_the_application_accepts_takes_a_generation_number() {
         h.signal(MasterSignal::Hangup);
         h.tick();
     }
-    assert_eq!(h.reloads_finished(), [false, false]);
+    assert_eq!(h.reloads_finished(), [(false, 0), (false, 0)]);
     let new = h.master.workers.iter().map(|w| w.generation).max();
     assert_eq!(new, Some(2), "generation 1 was accepted by the application, then refused");
 }
