@@ -64,7 +64,7 @@ const FLAGS: &[Flag] = &[
     flag("feedback_topic", "TOPIC", "Topic of feedback events [default: feedback]"),
     flag("kafka_client_id", "ID", "Kafka client.id [default: mldeploy]"),
     flag("kafka_acks", "ACKS", "Kafka acks: 0, 1 or all [default: 1]"),
-    flag("kafka_linger_ms", "MS", "Kafka linger.ms [default: 5]"),
+    flag("kafka_linger_ms", "MS", "Kafka linger.ms [default: 50]"),
     flag("kafka_compression", "CODEC", "none, gzip, snappy, lz4 or zstd [default: none]"),
     flag("kafka_message_timeout_ms", "MS", "Undelivered events count as failed after this [default: 30000]"),
     Flag { repeat: true, ..flag("kafka_option", "KEY=VALUE", "Extra librdkafka setting; repeatable") },

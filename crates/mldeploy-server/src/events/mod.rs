@@ -91,7 +91,7 @@ impl Default for EventSettings {
             feedback_topic: "feedback".into(),
             client_id: "mldeploy".into(),
             acks: "1".into(),
-            linger_ms: 5,
+            linger_ms: 50,
             compression: "none".into(),
             message_timeout_ms: 30_000,
             options: Vec::new(),
