@@ -336,9 +336,16 @@ impl Tracked {
     }
 }
 
-/// If `buf` is a whole automatic answer of hyper (an error head without our request id and
-/// without a body), its status code.
-fn automatic_answer(buf: &[u8]) -> Option<u16> {
+/// If `buf` ends with a whole automatic answer of hyper (an error head without our request id
+/// and without a body), where that answer starts and its status code. What comes before it are
+/// our own answers to earlier pipelined requests, which hyper may write in the same buffer.
+fn automatic_answer(buf: &[u8]) -> Option<(usize, u16)> {
+    let start = memchr::memmem::rfind(buf, b"HTTP/1.")?;
+    automatic_head(&buf[start..]).map(|code| (start, code))
+}
+
+/// If `buf` is exactly an automatic answer of hyper, its status code.
+fn automatic_head(buf: &[u8]) -> Option<u16> {
     let rest = buf.strip_prefix(b"HTTP/1.1 ").or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
     let code = std::str::from_utf8(rest.get(..3)?).ok()?.parse::<u16>().ok()?;
     if !(400..500).contains(&code) {
@@ -373,16 +380,17 @@ impl AsyncWrite for Tracked {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_pending(cx))?;
-        if let Some(code) = automatic_answer(buf) {
+        if let Some((start, code)) = automatic_answer(buf) {
             let (error, message) = match code {
                 431 => ("header_too_large", "the request line and headers exceed 8 KiB (or 100 headers)"),
                 414 => ("uri_too_long", "the request target is too long"),
                 _ => ("bad_request", "the request line or a header is malformed"),
             };
             let id = this.server.new_request_id();
-            this.pending = handler::raw_error(&this.server, code, error, message, &id);
+            let answer = handler::raw_error(&this.server, code, error, message, &id);
+            handler::log_raw(&this.server, this.remote, code, answer.len(), &id);
+            this.pending = [&buf[..start], &answer].concat();
             this.written = 0;
-            handler::log_raw(&this.server, this.remote, code, this.pending.len(), &id);
             this.state.mark_linger();
             // We own these bytes now; they go out here or on the flush hyper does next.
             let _ = this.poll_pending(cx);
@@ -422,15 +430,28 @@ impl AsyncWrite for Tracked {
 mod tests {
     use super::automatic_answer;
 
+    const AUTO_431: &[u8] =
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+
     #[test]
     fn recognises_hyper_automatic_answers_only() {
-        let auto = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
-        assert_eq!(automatic_answer(auto), Some(431));
+        assert_eq!(automatic_answer(AUTO_431), Some((0, 431)));
         let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-request-id: 1\r\n\r\n";
         assert_eq!(automatic_answer(ours), None);
         let with_body = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\n";
         assert_eq!(automatic_answer(with_body), None);
         assert_eq!(automatic_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), None);
         assert_eq!(automatic_answer(b"{\"a\": 1}"), None);
+    }
+
+    #[test]
+    fn finds_an_automatic_answer_after_answers_to_earlier_pipelined_requests() {
+        let ours = b"HTTP/1.1 200 OK\r\ncontent-length: 15\r\nx-request-id: 1\r\n\r\n{\"status\":\"ok\"}";
+        let both = [&ours[..], AUTO_431].concat();
+        assert_eq!(automatic_answer(&both), Some((ours.len(), 431)));
+        // Our answer alone, or followed by part of another of ours, is left alone.
+        assert_eq!(automatic_answer(ours), None);
+        let ours_then_ours = [&ours[..], &ours[..]].concat();
+        assert_eq!(automatic_answer(&ours_then_ours), None);
     }
 }

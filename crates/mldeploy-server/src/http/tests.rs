@@ -610,6 +610,21 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 #[test]
+fn a_pipelined_head_over_the_limit_gets_a_json_431_after_the_answers_before_it() {
+    let server = TestServer::start(true, settings());
+    let mut c = server.client();
+    let big = "b".repeat(9000);
+    let pipelined = format!(
+        "GET /health HTTP/1.1\r\nhost: t\r\n\r\nGET /health HTTP/1.1\r\nhost: t\r\n\r\nGET /ready HTTP/1.1\r\nhost: t\r\nx-big: {big}\r\n\r\n"
+    );
+    c.send(pipelined.as_bytes());
+    assert_eq!(c.read_response(false).status, 200);
+    assert_eq!(c.read_response(false).status, 200);
+    let body = c.read_response(false).assert_error(431, "header_too_large");
+    assert!(body["message"].as_str().unwrap().contains("8 KiB"));
+}
+
+#[test]
 fn cors_any_origin() {
     let server = TestServer::start(true, settings());
     let r = server.call(
