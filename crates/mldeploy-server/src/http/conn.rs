@@ -340,9 +340,19 @@ impl Tracked {
 /// and without a body), where that answer starts and its status code. What comes before it are
 /// our own answers to earlier pipelined requests, which hyper may write in the same buffer.
 fn automatic_answer(buf: &[u8]) -> Option<(usize, u16)> {
-    let start = memchr::memmem::rfind(buf, b"HTTP/1.")?;
+    // Every write passes here: our answers end with a body, and hyper's heads are short, so
+    // only the end of a buffer that ends a head is searched.
+    if !buf.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let tail = buf.len().saturating_sub(AUTOMATIC_HEAD_MAX);
+    let start = tail + memchr::memmem::rfind(&buf[tail..], b"HTTP/1.")?;
     automatic_head(&buf[start..]).map(|code| (start, code))
 }
+
+/// More than the longest head hyper writes by itself (status line, `connection`,
+/// `content-length` and `date`).
+const AUTOMATIC_HEAD_MAX: usize = 512;
 
 /// If `buf` is exactly an automatic answer of hyper, its status code.
 fn automatic_head(buf: &[u8]) -> Option<u16> {
