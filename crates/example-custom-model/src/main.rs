@@ -153,6 +153,10 @@ fn load(_path: Option<&Path>, ctx: &LoadContext) -> Result<Arc<dyn Model>, Model
     Ok(Arc::new(Lexicon { info, shared: ctx.shared, metrics: Arc::clone(&ctx.metrics) }))
 }
 
+/// The allocator the `mldeploy` command uses (jemalloc); a custom server should set it too.
+#[global_allocator]
+static ALLOCATOR: mldeploy_server::Allocator = mldeploy_server::Allocator;
+
 fn main() -> ExitCode {
     mldeploy_server::run_cli(load)
 }
