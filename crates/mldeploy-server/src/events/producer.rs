@@ -190,66 +190,22 @@ impl ProducerThread {
 
     /// Builds the message of one event and hands it to librdkafka for each of its topics.
     fn produce(&mut self, queued: Queued) {
-        let shared = Arc::clone(&self.shared);
+        // Borrowed field by field: the message borrows `shared` while sending needs the rest.
+        let Self { kafka, stop, shared, worker_pid, deadline, payload, .. } = self;
         let cx = message::Context {
             kind: queued.kind,
             request_id: &queued.request_id,
             route: &queued.route,
             names: &shared.topics,
             model: &shared.model,
-            stamp: Stamp { timestamp_ms: queued.timestamp_ms, worker_pid: self.worker_pid },
+            stamp: Stamp { timestamp_ms: queued.timestamp_ms, worker_pid: *worker_pid },
         };
-        let message = message::build(&queued.body, cx, std::mem::take(&mut self.payload));
+        let message = message::build(&queued.body, cx, std::mem::take(payload));
         for topic in &message.topics {
             shared.stats.sent(topic);
-            self.send(&message, topic);
+            send(kafka, stop, deadline, &message, topic);
         }
-        self.payload = message.payload;
-    }
-
-    /// Hands one message to librdkafka. When librdkafka's queue is full (the broker is slow or
-    /// away), waits for room: meanwhile the channel fills up and request threads drop events,
-    /// which bounds memory. Never waits past a stop's deadline.
-    fn send(&mut self, message: &Message<'_>, topic: &str) {
-        loop {
-            let mut headers = OwnedHeaders::new_with_capacity(2);
-            if let Some(model) = &message.model {
-                headers = headers.insert(Header { key: "model", value: Some(model.as_ref()) });
-            }
-            if let Some(version) = &message.version {
-                headers = headers.insert(Header { key: "version", value: Some(version.as_ref()) });
-            }
-            let mut record = BaseRecord::<str, [u8]>::to(topic)
-                .payload(&message.payload)
-                .timestamp(message.timestamp_ms)
-                .headers(headers);
-            if let Some(model) = &message.model {
-                record = record.key(model.as_ref());
-            }
-            let error = match self.kafka.send(record) {
-                Ok(()) => return,
-                Err((error, _)) => error,
-            };
-            if error.rdkafka_error_code() != Some(RDKafkaErrorCode::QueueFull) {
-                self.kafka.context().failed(topic, &error);
-                return;
-            }
-            if self.deadline.is_none() {
-                if let Ok(deadline) = self.stop.try_recv() {
-                    self.deadline = Some(deadline);
-                }
-            }
-            let wait = match self.deadline {
-                Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(QUEUE_FULL_BACKOFF),
-                None => QUEUE_FULL_BACKOFF,
-            };
-            if wait.is_zero() {
-                self.kafka.context().failed(topic, &error);
-                return;
-            }
-            // Serves delivery reports too, which is what frees room.
-            self.kafka.poll(wait);
-        }
+        *payload = message.payload;
     }
 
     /// After a stop: produce what is left in the channel, flush until the deadline, then drop
@@ -281,5 +237,56 @@ impl ProducerThread {
                 "error" => %e, "undelivered" => self.kafka.in_flight_count());
         }
         // Dropping the producer purges what is left; the purge's delivery reports count it.
+    }
+}
+
+/// Hands one message to librdkafka. When librdkafka's queue is full (the broker is slow or
+/// away), waits for room: meanwhile the channel fills up and request threads drop events,
+/// which bounds memory. Never waits past a stop's deadline.
+fn send(
+    kafka: &Kafka,
+    stop: &Receiver<Instant>,
+    deadline: &mut Option<Instant>,
+    message: &Message<'_>,
+    topic: &str,
+) {
+    loop {
+        let mut headers = OwnedHeaders::new_with_capacity(2);
+        if let Some(model) = &message.model {
+            headers = headers.insert(Header { key: "model", value: Some(model.as_ref()) });
+        }
+        if let Some(version) = &message.version {
+            headers = headers.insert(Header { key: "version", value: Some(version.as_ref()) });
+        }
+        let mut record = BaseRecord::<str, [u8]>::to(topic)
+            .payload(&message.payload)
+            .timestamp(message.timestamp_ms)
+            .headers(headers);
+        if let Some(model) = &message.model {
+            record = record.key(model.as_ref());
+        }
+        let error = match kafka.send(record) {
+            Ok(()) => return,
+            Err((error, _)) => error,
+        };
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::QueueFull) {
+            kafka.context().failed(topic, &error);
+            return;
+        }
+        if deadline.is_none() {
+            if let Ok(at) = stop.try_recv() {
+                *deadline = Some(at);
+            }
+        }
+        let wait = match *deadline {
+            Some(at) => at.saturating_duration_since(Instant::now()).min(QUEUE_FULL_BACKOFF),
+            None => QUEUE_FULL_BACKOFF,
+        };
+        if wait.is_zero() {
+            kafka.context().failed(topic, &error);
+            return;
+        }
+        // Serves delivery reports too, which is what frees room.
+        kafka.poll(wait);
     }
 }
