@@ -312,6 +312,12 @@ impl Reply {
         }
     }
 
+    /// Marks the answer to a request whose body had `read` bytes when it was answered: a large
+    /// read makes a large exchange, whether the request was served or refused partway.
+    fn after_reading(self, read: usize) -> Self {
+        Self { large_request: read >= LARGE_EXCHANGE_BYTES, ..self }
+    }
+
     fn error(status: StatusCode, error: &str, message: &str, id: &str) -> Self {
         Self::json(status, error_json(error, message, None, id))
     }
@@ -400,7 +406,7 @@ async fn answer(
         Ok(body) => body,
         Err(reply) => return reply,
     };
-    let large_request = body.len() >= LARGE_EXCHANGE_BYTES;
+    let read = body.len();
     let answered = match route {
         Route::Predict => predict(server, parts, &body, id),
         Route::Feedback => feedback(server, parts, &body, id),
@@ -417,7 +423,7 @@ async fn answer(
         Route::Metrics => metrics(server, parts, id),
         Route::Custom(i) => custom(server, i, parts, body, id),
     };
-    Reply { large_request, ..answered.unwrap_or_else(|e| e) }
+    answered.unwrap_or_else(|e| e).after_reading(read)
 }
 
 /// An answer given without reading the request body: if there is one, the connection
@@ -506,23 +512,23 @@ async fn read_body(
             Err(_) => {
                 state.mark_linger();
                 let message = "the request body did not arrive in time";
-                return Err(
-                    Reply::error(StatusCode::REQUEST_TIMEOUT, "request_timeout", message, id).closing()
-                );
+                let reply = Reply::error(StatusCode::REQUEST_TIMEOUT, "request_timeout", message, id);
+                return Err(reply.closing().after_reading(total));
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
                 debug!(server.ctx.log, "request body failed"; "error" => %e, "request_id" => id);
                 state.mark_linger();
                 let message = "the request body could not be read (malformed chunked encoding or cut short)";
-                return Err(Reply::error(StatusCode::BAD_REQUEST, "bad_request", message, id).closing());
+                let reply = Reply::error(StatusCode::BAD_REQUEST, "bad_request", message, id);
+                return Err(reply.closing().after_reading(total));
             }
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else { continue };
         total += data.len();
         if total > limit {
-            return Err(too_large(state));
+            return Err(too_large(state).after_reading(total));
         }
         match (&mut first, &mut joined) {
             (None, _) => first = Some(data),

@@ -260,8 +260,8 @@ pub(crate) struct Server {
 
 /// How long after the last large exchange the worker returns the allocator's free memory to
 /// the system. Back-to-back large requests keep reusing it (returned memory must be faulted in
-/// again: an 8.9 MB prediction took 0.53 to 0.73 s after a release, 0.46 to 0.66 s without);
-/// a one-off peak does not stay resident.
+/// again: with jemalloc, an 8.9 MB prediction took 0.72 to 0.77 s after a release, 0.65 to
+/// 0.78 s without); a one-off peak does not stay resident.
 const MEMORY_RELEASE_QUIET: Duration = Duration::from_secs(1);
 
 impl Server {
