@@ -12,7 +12,7 @@ export_sklearn.py through its command line) and OUT_DIR/NAME/expected.json:
 
 with sklearn's own predictions for every record. The Rust tests load each package and compare.
 Everything is deterministic (fixed random_state); "iris-demo" is the model embedded in the
-mldeploy binary (crates/mldeploy-candle/demo/).
+mldeploy binary (crates/mldeploy-package/demo/).
 """
 
 import argparse

@@ -2,8 +2,8 @@
 //!
 //! It scores the sentiment of short texts by counting words of a small lexicon: trivial on
 //! purpose, so what shows is how a model plugs in: a schema the server validates against,
-//! `predict`, `feedback` whose figures cover every worker (shared slots), a custom route, a
-//! custom metric and an extra event topic.
+//! `predict` with typed outputs, `feedback` whose figures cover every worker (shared slots), a
+//! custom route, a custom metric and an extra event topic.
 //!
 //! Run it: `cargo run -p example-custom-model -- serve --workers 2`, then
 //! `curl -s localhost:5000/api/ml/predict -d '{"data": [["what a great day"]], "names": ["text"]}'`.
@@ -13,8 +13,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use mldeploy_model::{
-    Column, CustomRoute, Dtype, Feature, FeedbackInput, LoadContext, MetricDesc, MetricKind, MetricValue,
-    MetricsSink, Model, ModelError, ModelInfo, PredictInput, Response, RouteResponse, SharedSlots,
+    Column, CustomRoute, Datatype, Dtype, Feature, FeedbackInput, LoadContext, MetricDesc, MetricKind,
+    MetricValue, MetricsSink, Model, ModelError, ModelInfo, Output, PredictInput, Response, Role,
+    RouteResponse, SharedSlots, Target, Tensor, TensorSpec, Values,
 };
 use serde_json::json;
 
@@ -72,9 +73,23 @@ impl Model for Lexicon {
             labels.push(label);
             scores.push(score);
         }
+        // Typed outputs: ml-deploy's answer shows the labels as `y_predicted` and the scores
+        // by name; the V2 protocol answers both as tensors.
+        let n = labels.len();
         Ok(Response {
-            target: json!({ "y_predicted": labels, "score": scores }),
-            input: json!(texts),
+            target: Target::outputs(vec![
+                Output {
+                    name: "label".into(),
+                    role: Role::Labels,
+                    tensor: Tensor {
+                        datatype: Datatype::Bytes,
+                        shape: vec![n],
+                        values: Values::Text(labels.iter().map(|l| l.to_string()).collect()),
+                    },
+                },
+                Output { name: "score".into(), role: Role::Other, tensor: Tensor::fp64(scores) },
+            ]),
+            input: Some(json!(texts)),
             list_metrics: Vec::new(),
             // Besides `predict`, every prediction also goes to this topic when Kafka is on.
             topics: vec!["sentiment".into()],
@@ -97,8 +112,8 @@ impl Model for Lexicon {
         self.shared.add(SLOT_SEEN, truth.len() as u64);
         self.shared.add(SLOT_RIGHT, right as u64);
         Ok(Response {
-            target: json!({ "y_true": truth, "y_predicted": predicted }),
-            input: json!(texts),
+            target: Target::Json(json!({ "y_true": truth, "y_predicted": predicted })),
+            input: Some(json!(texts)),
             list_metrics: vec![MetricValue::gauge("Accuracy", self.accuracy())],
             topics: Vec::new(),
         })
@@ -149,6 +164,11 @@ fn load(_path: Option<&Path>, ctx: &LoadContext) -> Result<Arc<dyn Model>, Model
         }],
         outputs: json!({ "labels": ["negative", "neutral", "positive"] }),
         sample: json!({ "data": [["what a great day"]], "names": ["text"] }),
+        output_tensors: vec![
+            TensorSpec { name: "label".into(), datatype: Datatype::Bytes, shape: vec![-1] },
+            TensorSpec { name: "score".into(), datatype: Datatype::Fp64, shape: vec![-1] },
+        ],
+        ..ModelInfo::default()
     };
     Ok(Arc::new(Lexicon { info, shared: ctx.shared, metrics: Arc::clone(&ctx.metrics) }))
 }

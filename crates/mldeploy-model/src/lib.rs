@@ -13,7 +13,10 @@
 //! - Figures that must cover every worker (feedback metrics) live in the [`SharedSlots`] handed
 //!   to the loader: memory the master maps before forking, so it outlives any one worker.
 
+#![forbid(unsafe_code)]
+
 pub mod decode;
+pub mod outputs;
 pub mod schema;
 mod shared;
 
@@ -23,11 +26,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use schema::{Column, Dtype, Feature, FeatureValues, RowError, Schema, Table};
+pub use outputs::{ClassLabels, Datatype, Output, Role, Target, Tensor, TensorSpec, Values};
+pub use schema::{Cell, CellColumn, Column, Dtype, Feature, FeatureValues, RowError, Schema, Table};
 pub use shared::{atomic_add_f64, SharedSlots};
 
 /// What a model says about itself; served by `GET .../metadata` and stamped on responses.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelInfo {
     /// Model name, stamped as `"model"` on every JSON response.
     pub name: String,
@@ -37,14 +41,22 @@ pub struct ModelInfo {
     pub kind: String,
     /// The input features in the order the model expects them. Empty: no schema, the model
     /// takes the raw request body as it is.
-    #[serde(default)]
     pub features: Vec<Feature>,
     /// Describes the outputs (class labels, target name); free-form for custom models.
-    #[serde(default)]
     pub outputs: Value,
     /// A request body that predicts successfully; `mldeploy check` runs it.
-    #[serde(default)]
     pub sample: Value,
+    /// Where this model's ml-deploy routes live when the server serves several models
+    /// (`/iris/api/ml`); `None`: `/<name>/api/ml`. A server with one model serves them under its
+    /// configured prefix whatever this says.
+    pub api_prefix: Option<String>,
+    /// The input tensors a tensor protocol client may send besides one per feature (an ONNX
+    /// graph's own inputs); empty: one per feature, and one `[N, features]` tensor named
+    /// `input` when every feature is numeric.
+    pub input_tensors: Vec<TensorSpec>,
+    /// The output tensors the model answers with (see [`Target::Outputs`]); empty when its
+    /// answers are free-form JSON.
+    pub output_tensors: Vec<TensorSpec>,
 }
 
 /// One metric value in a response's `list_metrics`, as ml-deploy's consumers expect it.
@@ -66,20 +78,27 @@ impl MetricValue {
     }
 }
 
-/// What predict and feedback return: ml-deploy's `create_response` shape. The server adds
-/// `"model"` and `"version"` and the event topics (`predict`/`feedback`) itself.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// What predict and feedback return: ml-deploy's `create_response` parts. Each protocol renders
+/// it; the server adds `"model"` and `"version"` and the event topics (`predict`/`feedback`).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Response {
-    /// The result, for example `{"y_predicted": [...], "probabilities": [[...]]}`.
-    pub target: Value,
-    /// The input the result belongs to (echoed rows).
-    pub input: Value,
+    /// The result: typed outputs, or free-form JSON such as `{"y_predicted": [...]}`.
+    pub target: Target,
+    /// The input the result belongs to, as the model wants it echoed; `None`: the server
+    /// echoes the validated rows (arrays in schema order), or nothing for a model without a
+    /// schema.
+    pub input: Option<Value>,
     /// Metric values the downstream pipeline stores.
-    #[serde(default)]
     pub list_metrics: Vec<MetricValue>,
     /// Extra Kafka topics this response is sent to.
-    #[serde(default)]
     pub topics: Vec<String>,
+}
+
+impl Response {
+    /// A free-form JSON answer echoing `input`.
+    pub fn json(target: Value, input: Value) -> Response {
+        Response { target: Target::Json(target), input: Some(input), ..Response::default() }
+    }
 }
 
 /// An uploaded file of a multipart/form-data request.
@@ -316,22 +335,34 @@ pub trait Model: Send + Sync + 'static {
 /// What a loader is handed in the worker, after the fork.
 #[derive(Clone)]
 pub struct LoadContext {
-    /// Memory shared by every worker of the server, for figures that must add up across them.
+    /// Memory shared by every worker of the server, for figures that must add up across them:
+    /// this model's own range, kept for the model's name across reloads.
     pub shared: SharedSlots,
     /// Where the model records its declared metrics.
     pub metrics: Arc<dyn MetricsSink>,
+    /// Threads one model call may use inside its engine (a thread pool, ONNX Runtime's
+    /// intra-op threads). 1 by default: a worker already runs `--threads` calls at once and the
+    /// workers are the parallelism, so an engine pool per call only competes with them.
+    pub engine_threads: usize,
 }
 
 impl std::fmt::Debug for LoadContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadContext").field("shared_slots", &self.shared.len()).finish()
+        f.debug_struct("LoadContext")
+            .field("shared_slots", &self.shared.len())
+            .field("engine_threads", &self.engine_threads)
+            .finish()
     }
 }
 
 impl LoadContext {
     /// A context with private (not shared) memory: for tests and `mldeploy check`.
     pub fn private() -> Self {
-        Self { shared: SharedSlots::private(SharedSlots::DEFAULT_LEN), metrics: Arc::new(NoMetrics) }
+        Self {
+            shared: SharedSlots::private(SharedSlots::DEFAULT_LEN),
+            metrics: Arc::new(NoMetrics),
+            engine_threads: 1,
+        }
     }
 }
 

@@ -294,8 +294,8 @@ impl Schema {
                         continue;
                     };
                     let converted = match column {
-                        Column::Numeric(col) => numeric(feature, value).map(|x| col.push(x)),
-                        Column::Category(col) => category(feature, value).map(|s| col.push(s)),
+                        Column::Numeric(col) => numeric(feature, Cell::Json(value)).map(|x| col.push(x)),
+                        Column::Category(col) => category(feature, Cell::Json(value)).map(|s| col.push(s)),
                     };
                     if let Err(fault) = converted {
                         errors.push(Some(i), Some(&feature.name), fault.reason, fault.message);
@@ -316,6 +316,69 @@ impl Schema {
             }
         }
 
+        if bad_rows > 0 && (on_error == OnError::Reject || source_rows.is_empty()) {
+            return Err(errors.into_invalid(bad_rows, n_rows));
+        }
+        Ok(Validated {
+            table: Table { n_rows: source_rows.len(), columns, source_rows },
+            rejected: errors.list,
+        })
+    }
+
+    /// Validate typed columns, one per feature in schema order, each `n_rows` long (a tensor
+    /// protocol's inputs), into a [`Table`], with the same value rules and row errors as
+    /// [`Schema::validate`].
+    pub fn validate_columns(
+        &self,
+        inputs: &[&dyn CellColumn],
+        n_rows: usize,
+        on_error: OnError,
+    ) -> Result<Validated, ModelError> {
+        let mut errors = Errors::default();
+        if inputs.len() != self.features.len() || inputs.iter().any(|c| c.len() != n_rows) {
+            errors.push(
+                None,
+                None,
+                "row_length",
+                format!("expected {} columns of {n_rows} values", self.features.len()),
+            );
+            return Err(errors.into_invalid(0, n_rows));
+        }
+        let mut columns: Vec<Column> = self
+            .features
+            .iter()
+            .map(|f| match f.dtype {
+                Dtype::Category => Column::Category(Vec::with_capacity(n_rows)),
+                _ => Column::Numeric(Vec::with_capacity(n_rows)),
+            })
+            .collect();
+        let mut source_rows = Vec::with_capacity(n_rows);
+        let mut bad_rows = 0;
+        for row in 0..n_rows {
+            let before = errors.total;
+            for ((feature, column), input) in self.features.iter().zip(columns.iter_mut()).zip(inputs) {
+                let cell = input.cell(row);
+                let converted = match column {
+                    Column::Numeric(col) => numeric(feature, cell).map(|x| col.push(x)),
+                    Column::Category(col) => category(feature, cell).map(|s| col.push(s)),
+                };
+                if let Err(fault) = converted {
+                    errors.push(Some(row), Some(&feature.name), fault.reason, fault.message);
+                }
+            }
+            if errors.total > before {
+                bad_rows += 1;
+                let keep = source_rows.len();
+                for column in &mut columns {
+                    match column {
+                        Column::Numeric(v) => v.truncate(keep),
+                        Column::Category(v) => v.truncate(keep),
+                    }
+                }
+            } else {
+                source_rows.push(row);
+            }
+        }
         if bad_rows > 0 && (on_error == OnError::Reject || source_rows.is_empty()) {
             return Err(errors.into_invalid(bad_rows, n_rows));
         }
@@ -406,21 +469,77 @@ fn fault(reason: &'static str, message: String) -> Fault {
     Fault { reason, message }
 }
 
-fn wrong_type(expected: &str, v: &Value) -> Fault {
-    fault("wrong_type", format!("expected {expected}, got {} {}", kind_of(v), show(v)))
+fn wrong_type(expected: &str, v: Cell<'_>) -> Fault {
+    fault("wrong_type", format!("expected {expected}, got {} {}", v.kind(), v.show()))
+}
+
+/// One value as sent, before validation: a JSON value, or an element of a typed tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cell<'a> {
+    /// A JSON value.
+    Json(&'a Value),
+    /// An element of a numeric tensor.
+    Number(f64),
+    /// An element of a boolean tensor.
+    Bool(bool),
+    /// An element of a text (`BYTES`) tensor.
+    Text(&'a str),
+}
+
+impl<'a> Cell<'a> {
+    /// JSON strings and booleans as plain cells, so each rule is written once.
+    fn plain(self) -> Cell<'a> {
+        match self {
+            Cell::Json(Value::String(s)) => Cell::Text(s),
+            Cell::Json(&Value::Bool(b)) => Cell::Bool(b),
+            other => other,
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Cell::Json(v) => kind_of(v),
+            Cell::Number(_) => "a number",
+            Cell::Bool(_) => "a boolean",
+            Cell::Text(_) => "a string",
+        }
+    }
+
+    fn show(self) -> String {
+        match self {
+            Cell::Json(v) => show(v),
+            Cell::Number(x) => number_text(x),
+            Cell::Bool(b) => b.to_string(),
+            Cell::Text(s) => show(&Value::String(s.to_string())),
+        }
+    }
+}
+
+/// A column of cells, one per row, for [`Schema::validate_columns`].
+pub trait CellColumn {
+    /// Number of rows.
+    fn len(&self) -> usize;
+    /// Whether there are no rows.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The cell of `row`.
+    fn cell(&self, row: usize) -> Cell<'_>;
 }
 
 /// Convert a value of a `float`, `int` or `bool` feature and check its limits.
-fn numeric(feature: &Feature, v: &Value) -> Result<f64, Fault> {
+fn numeric(feature: &Feature, v: Cell<'_>) -> Result<f64, Fault> {
+    let v = v.plain();
     let x = match feature.dtype {
         Dtype::Float | Dtype::Int => {
             let x = match v {
-                Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
-                Value::String(s) => match s.trim().parse::<f64>() {
+                Cell::Number(x) => x,
+                Cell::Json(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+                Cell::Text(s) => match s.trim().parse::<f64>() {
                     Ok(x) => x,
                     Err(_) => return Err(wrong_type("a number", v)),
                 },
-                Value::Null => f64::NAN,
+                Cell::Json(Value::Null) => f64::NAN,
                 _ => return Err(wrong_type("a number", v)),
             };
             if feature.dtype == Dtype::Int && x.is_finite() && x.fract() != 0.0 {
@@ -429,11 +548,12 @@ fn numeric(feature: &Feature, v: &Value) -> Result<f64, Fault> {
             x
         }
         Dtype::Bool => match v {
-            Value::Bool(b) => f64::from(u8::from(*b)),
-            Value::Number(n) if n.as_f64() == Some(0.0) => 0.0,
-            Value::Number(n) if n.as_f64() == Some(1.0) => 1.0,
-            Value::String(s) if s.eq_ignore_ascii_case("true") || s == "1" => 1.0,
-            Value::String(s) if s.eq_ignore_ascii_case("false") || s == "0" => 0.0,
+            Cell::Bool(b) => f64::from(u8::from(b)),
+            Cell::Number(x) if x == 0.0 || x == 1.0 => x,
+            Cell::Json(Value::Number(n)) if n.as_f64() == Some(0.0) => 0.0,
+            Cell::Json(Value::Number(n)) if n.as_f64() == Some(1.0) => 1.0,
+            Cell::Text(s) if s.eq_ignore_ascii_case("true") || s == "1" => 1.0,
+            Cell::Text(s) if s.eq_ignore_ascii_case("false") || s == "0" => 0.0,
             _ => return Err(wrong_type("a boolean (true/false or 0/1)", v)),
         },
         // A category feature always has a text column.
@@ -445,7 +565,7 @@ fn numeric(feature: &Feature, v: &Value) -> Result<f64, Fault> {
         }
         return Err(fault(
             "not_finite",
-            format!("{} is not a finite number; NaN and infinities are not allowed here", show(v)),
+            format!("{} is not a finite number; NaN and infinities are not allowed here", v.show()),
         ));
     }
     match &feature.values {
@@ -460,7 +580,7 @@ fn numeric(feature: &Feature, v: &Value) -> Result<f64, Fault> {
         Some(FeatureValues::Categories(list)) if !list.iter().any(|a| allowed_number(a) == Some(x)) => {
             return Err(fault(
                 "unknown_category",
-                format!("{} is not one of the allowed values {}", show(v), show_list(list)),
+                format!("{} is not one of the allowed values {}", v.show(), show_list(list)),
             ));
         }
         _ => {}
@@ -479,23 +599,30 @@ fn allowed_number(v: &Value) -> Option<f64> {
 }
 
 /// Convert a value of a `category` feature and check it is listed.
-fn category(feature: &Feature, v: &Value) -> Result<String, Fault> {
+fn category(feature: &Feature, v: Cell<'_>) -> Result<String, Fault> {
+    let v = v.plain();
     let text: Cow<'_, str> = match v {
-        Value::String(s) => Cow::Borrowed(s),
-        Value::Number(n) => Cow::Owned(n.to_string()),
-        Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+        Cell::Text(s) => Cow::Borrowed(s),
+        Cell::Json(Value::Number(n)) => Cow::Owned(n.to_string()),
+        Cell::Number(x) => Cow::Owned(number_text(x)),
+        Cell::Bool(b) => Cow::Borrowed(if b { "true" } else { "false" }),
         _ => return Err(wrong_type("a category (a string)", v)),
     };
     let Some(FeatureValues::Categories(list)) = &feature.values else {
         return Ok(text.into_owned());
     };
+    let number = match v {
+        Cell::Number(x) => Some(x),
+        Cell::Json(Value::Number(n)) => n.as_f64(),
+        _ => None,
+    };
     for allowed in list {
         let same = match (allowed, v) {
             (Value::String(a), _) => a.as_str() == text,
-            (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-            (Value::Number(a), Value::String(s)) => s.trim().parse::<f64>().ok() == a.as_f64(),
-            (Value::Bool(a), Value::Bool(b)) => a == b,
-            (Value::Bool(a), Value::String(s)) => s.eq_ignore_ascii_case(if *a { "true" } else { "false" }),
+            (Value::Number(a), Cell::Number(_) | Cell::Json(Value::Number(_))) => a.as_f64() == number,
+            (Value::Number(a), Cell::Text(s)) => s.trim().parse::<f64>().ok() == a.as_f64(),
+            (Value::Bool(a), Cell::Bool(b)) => *a == b,
+            (Value::Bool(a), Cell::Text(s)) => s.eq_ignore_ascii_case(if *a { "true" } else { "false" }),
             _ => false,
         };
         if same {
@@ -508,8 +635,17 @@ fn category(feature: &Feature, v: &Value) -> Result<String, Fault> {
     }
     Err(fault(
         "unknown_category",
-        format!("{} is not one of the allowed categories {}", show(v), show_list(list)),
+        format!("{} is not one of the allowed categories {}", v.show(), show_list(list)),
     ))
+}
+
+/// A number as JSON writes it: integers without a fraction.
+fn number_text(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        serde_json::Number::from_f64(x).map_or_else(|| x.to_string(), |n| n.to_string())
+    }
 }
 
 /// A value for a message, cut short.

@@ -127,6 +127,23 @@ pub enum RestartReason {
 }
 
 impl RestartReason {
+    /// Every reason.
+    pub const ALL: [RestartReason; 7] = [
+        RestartReason::Crash,
+        RestartReason::Timeout,
+        RestartReason::MaxRequests,
+        RestartReason::Reload,
+        RestartReason::Scale,
+        RestartReason::Shutdown,
+        RestartReason::BootFailure,
+    ];
+
+    /// Whether a worker ending for this reason is restarted or replaced (all but the server's
+    /// own stop).
+    pub fn is_restart(self) -> bool {
+        self != RestartReason::Shutdown
+    }
+
     /// A short name for logs and metric labels (`crash`, `max_requests`, ...).
     pub fn as_str(self) -> &'static str {
         match self {

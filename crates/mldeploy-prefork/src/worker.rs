@@ -269,6 +269,18 @@ impl WorkerHandle {
         }
     }
 
+    /// Ask the master for a reload (SIGHUP), as an operator's `kill -HUP` would: what the
+    /// application reads in [`crate::App::prepare`] decides what the new generation serves.
+    /// False without a master (`run_single`) or when the signal cannot be sent.
+    pub fn request_reload(&self) -> bool {
+        match &self.inner.link {
+            Link::Master { pid, .. } => {
+                nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGHUP).is_ok()
+            }
+            Link::Single { .. } => false,
+        }
+    }
+
     /// Block until the master asks this worker to stop (or the master is gone: Graceful).
     ///
     /// Each stop level is handed out once: after `Graceful`, the next call blocks until a fast

@@ -4,17 +4,18 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{criterion_group, Criterion};
-use mldeploy_server::metrics::{Metrics, MetricsSettings};
+use mldeploy_server::metrics::{Metrics, MetricsSettings, ModelKey};
 
 fn request_path(c: &mut Criterion) {
     let m = Metrics::private(&MetricsSettings { max_series: 512 });
-    m.set_model("iris-classifier", "1.2.0");
+    let iris = ModelKey::new("iris-classifier", "1.2.0");
     // Warm: the series exist, as after the first requests of a server.
-    m.request_finished("POST", "/api/ml/predict", 200, 0.001);
+    m.request_finished(&iris, "POST", "/api/ml/predict", 200, 0.001);
 
     c.bench_function("request_finished (existing series)", |b| {
         b.iter(|| {
             m.request_finished(
+                &iris,
                 black_box("POST"),
                 black_box("/api/ml/predict"),
                 black_box(200),
@@ -23,7 +24,7 @@ fn request_path(c: &mut Criterion) {
         })
     });
     c.bench_function("request_started + drop", |b| b.iter(|| drop(black_box(m.request_started()))));
-    c.bench_function("predictions", |b| b.iter(|| m.predictions(black_box(3))));
+    c.bench_function("predictions", |b| b.iter(|| m.predictions(&iris, black_box(3))));
     let sink = m.model_sink();
     let descs = [mldeploy_model::MetricDesc {
         name: "model_latency_seconds".into(),
@@ -39,6 +40,7 @@ fn request_path(c: &mut Criterion) {
     c.bench_function("request_finished (metrics disabled)", |b| {
         b.iter(|| {
             off.request_finished(
+                &iris,
                 black_box("POST"),
                 black_box("/api/ml/predict"),
                 black_box(200),
@@ -55,7 +57,7 @@ fn request_path(c: &mut Criterion) {
                 for _ in 0..2 {
                     s.spawn(|| {
                         for _ in 0..iters {
-                            m.request_finished("POST", "/api/ml/predict", 200, 0.0012);
+                            m.request_finished(&iris, "POST", "/api/ml/predict", 200, 0.0012);
                         }
                     });
                 }
@@ -64,7 +66,7 @@ fn request_path(c: &mut Criterion) {
         })
     });
     c.bench_function("render (Prometheus text)", |b| {
-        b.iter(|| black_box(m.render(mldeploy_server::metrics::Format::Prometheus, None)))
+        b.iter(|| black_box(m.render(mldeploy_server::metrics::Format::Prometheus, &[])))
     });
 }
 
@@ -76,11 +78,12 @@ criterion_group!(benches, request_path);
 fn main() {
     if let Some(n) = std::env::var("MLDEPLOY_METRICS_LOOP").ok().and_then(|v| v.parse::<u64>().ok()) {
         let m = Metrics::private(&MetricsSettings { max_series: 512 });
-        m.set_model("iris-classifier", "1.2.0");
+        let iris = ModelKey::new("iris-classifier", "1.2.0");
         for _ in 0..n {
             let guard = m.request_started();
-            m.predictions(black_box(3));
+            m.predictions(&iris, black_box(3));
             m.request_finished(
+                &iris,
                 black_box("POST"),
                 black_box("/api/ml/predict"),
                 black_box(200),

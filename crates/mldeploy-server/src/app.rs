@@ -1,5 +1,6 @@
-//! Wiring: the master side (settings, shared memory, supervision) and the worker side (load the
-//! model, start the event producer, serve HTTP until told to stop).
+//! Wiring: the master side (settings, the models each generation serves, shared memory,
+//! supervision) and the worker side (load the models, start the event producer, serve HTTP
+//! until told to stop).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -9,19 +10,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mldeploy_model::decode::decode_rows;
-use mldeploy_model::{LoadContext, Model, ModelError, ModelLoader, PredictInput, Schema, SharedSlots};
-use mldeploy_prefork::{
-    exit_code, App, RestartReason, Stop, SupervisorConfig, SupervisorEvent, Worker, WorkerHandle,
-};
+use mldeploy_model::{LoadContext, Model, ModelError, ModelLoader, PredictInput};
+use mldeploy_prefork::{exit_code, App, Stop, SupervisorConfig, SupervisorEvent, Worker, WorkerHandle};
 use slog::{error, info, o, warn, Logger};
 
 use crate::cli::{Invocation, SettingsSource};
 use crate::config::Settings;
 use crate::events::{self, EventSettings};
-use crate::http::{self, HttpSettings, ServeContext};
+use crate::http;
 use crate::log::{self, Logs};
 use crate::metrics::{Metrics, MetricsSettings};
+use crate::pipeline::{Calls, Failure};
+use crate::registry::{ModelSource, Registry};
+use crate::repository::{self, Mailbox, RepositoryLink, Selection, MAILBOX_WORDS};
+use crate::service::{HttpSettings, ServeContext};
+use crate::slots::ModelSlots;
 
 /// Exit code for a refused configuration (as clap uses for usage errors).
 const EXIT_CONFIG: u8 = 2;
@@ -46,13 +49,6 @@ pub fn run_cli<L: ModelLoader>(loader: L) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    // Each worker already runs `--threads` model calls at once; a model library's own thread
-    // pool (candle's matrix products use rayon) per call only competes with them: measured
-    // 10-30x slower for one-row predictions on 2 cores. The user's own setting wins.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // The process is single-threaded here: nothing reads the environment concurrently.
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
     if let Err(e) = event_settings(&settings).validate() {
         eprintln!("mldeploy: {e}");
         return ExitCode::from(EXIT_CONFIG);
@@ -67,48 +63,142 @@ pub fn run_cli<L: ModelLoader>(loader: L) -> ExitCode {
     }
 }
 
-/// `mldeploy check`: load the model and predict its sample through the same validation as the
-/// HTTP route.
-fn run_check<L: ModelLoader>(loader: &L, settings: &Settings) -> Result<u8, String> {
-    let path = settings.server.model.as_deref();
-    let model = loader.load(path, &LoadContext::private()).map_err(|e| e.to_string())?;
-    let info = model.info();
-    let response = predict_sample(&*model, &info.sample)
-        .map_err(|e| format!("the model's sample input does not predict: {e}"))?;
-    println!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
-    eprintln!(
-        "mldeploy: model {} {} ({}) loaded and predicted its sample",
-        info.name, info.version, info.kind
-    );
-    Ok(0)
+/// One model a generation serves: what the loader is given, and the key of its shared slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ModelSpec {
+    /// Its shared slots' key: the repository name, else the path (or `builtin`).
+    key: String,
+    source: ModelSource,
 }
 
-/// Predict `sample` the way the predict route does: decode, validate against the schema, call.
-fn predict_sample(model: &dyn Model, sample: &serde_json::Value) -> Result<serde_json::Value, String> {
-    let info = model.info();
-    let table = if info.features.is_empty() {
-        None
-    } else {
-        let schema = Schema::new(info.features.clone());
-        schema.check().map_err(|e| e.to_string())?;
-        let (rows, on_error) = decode_rows(sample).map_err(|e| e.to_string())?;
-        let validated = schema.validate(&rows, on_error).map_err(|e| match e {
-            ModelError::Invalid { errors, .. } => {
-                let reasons: Vec<String> = errors.iter().map(|r| r.message.clone()).collect();
-                format!("invalid input: {}", reasons.join("; "))
-            }
-            other => other.to_string(),
-        })?;
-        Some(validated.table)
-    };
-    let input = PredictInput { body: sample.clone(), table, form: None };
-    let response = std::panic::catch_unwind(AssertUnwindSafe(|| model.predict(&input)))
-        .map_err(|_| "the model panicked".to_string())?
+/// The models `settings` name: the packages given, the repository's selected models, or the
+/// loader's built-in model.
+fn resolve_models(settings: &Settings, selection: &Selection) -> Result<Vec<ModelSpec>, String> {
+    let s = &settings.server;
+    if let Some(root) = &s.model_repository {
+        let pins = settings.model_versions().map_err(|e| e.to_string())?;
+        let models = repository::scan(root).map_err(|e| e.to_string())?;
+        let mut specs = Vec::new();
+        for model in models.iter().filter(|m| selection.serves(&m.name)) {
+            let pin = pins.iter().find(|(name, _)| *name == model.name).map(|(_, v)| v.as_str());
+            let (path, version) = model.package(root, pin).map_err(|e| e.to_string())?;
+            specs.push(ModelSpec {
+                key: format!("repository/{}", model.name),
+                source: ModelSource { path: Some(path), repository_version: version },
+            });
+        }
+        return Ok(specs);
+    }
+    if s.model.is_empty() {
+        return Ok(vec![ModelSpec { key: "builtin".into(), source: ModelSource::default() }]);
+    }
+    Ok(s.model
+        .iter()
+        .map(|path| ModelSpec {
+            key: format!("path/{}", path.display()),
+            source: ModelSource { path: Some(path.clone()), repository_version: None },
+        })
+        .collect())
+}
+
+/// Why the models of a generation could not be loaded.
+#[derive(Debug)]
+enum LoadFailure {
+    /// A model's loader failed (or panicked).
+    Model { what: String, error: String },
+    /// The models cannot be served together.
+    Registry(crate::registry::RegistryError),
+}
+
+impl std::fmt::Display for LoadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadFailure::Model { what, error } => write!(f, "{what}: {error}"),
+            LoadFailure::Registry(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Load every model of `specs` with `loader`, each with its own shared slots.
+fn load_models<L: ModelLoader>(
+    loader: &L,
+    specs: &[ModelSpec],
+    slots: &ModelSlots,
+    metrics: &Metrics,
+    api_prefix: &str,
+    log: &Logger,
+) -> Result<Registry, LoadFailure> {
+    let mut models: Vec<(Arc<dyn Model>, ModelSource)> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let path = spec.source.path.as_deref();
+        let what = loader.describe(path);
+        let shared = slots.claim(&spec.key).unwrap_or_else(|| {
+            warn!(log, "no shared slots left: this model's feedback figures cover this worker only"; "model" => &what);
+            mldeploy_model::SharedSlots::private(crate::slots::REGION_LEN)
+        });
+        let ctx = LoadContext { shared, metrics: metrics.model_sink(), engine_threads: 1 };
+        let started = Instant::now();
+        let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| loader.load(path, &ctx)));
+        let model = match loaded {
+            Ok(Ok(model)) => model,
+            Ok(Err(e)) => return Err(LoadFailure::Model { what, error: e.to_string() }),
+            Err(_) => return Err(LoadFailure::Model { what, error: "the loader panicked".into() }),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        metrics.model_load_seconds(seconds);
+        for e in metrics.declare_model_metrics(&*model) {
+            warn!(log, "model metric not registered"; "error" => %e);
+        }
+        let info = model.info();
+        info!(log, "model loaded"; "model" => &info.name, "version" => &info.version, "kind" => &info.kind,
+            "seconds" => seconds);
+        models.push((model, spec.source.clone()));
+    }
+    Registry::new(models, api_prefix).map_err(LoadFailure::Registry)
+}
+
+/// `mldeploy check`: load the models and predict each one's sample through the same pipeline
+/// as the predict route; print the answers.
+fn run_check<L: ModelLoader>(loader: &L, settings: &Settings) -> Result<u8, String> {
+    let specs = resolve_models(settings, &Selection::default())?;
+    let log = Logger::root(slog::Discard, o!());
+    let metrics = Metrics::disabled();
+    let slots = ModelSlots::private(specs.len().max(1));
+    let registry = load_models(loader, &specs, &slots, &metrics, &settings.http.api_prefix, &log)
         .map_err(|e| e.to_string())?;
-    let mut json = serde_json::to_value(&response).map_err(|e| e.to_string())?;
-    json["model"] = info.name.clone().into();
-    json["version"] = info.version.clone().into();
-    Ok(json)
+    let calls = Calls { metrics: &metrics, worker: None, log: &log };
+    for entry in registry.iter() {
+        let info = entry.info();
+        let sample = info.sample.clone();
+        let predicted = calls
+            .check_body(entry, &sample)
+            .map_err(Failure::Model)
+            .and_then(|checked| {
+                let input = PredictInput { body: sample, table: checked.table, form: None };
+                calls.predict(entry, input, "check")
+            })
+            .map_err(|e| match e {
+                Failure::Model(ModelError::Invalid { errors, .. }) => {
+                    let reasons: Vec<String> = errors.iter().map(|r| r.message.clone()).collect();
+                    format!(
+                        "model {}: the sample input does not predict: invalid input: {}",
+                        info.name,
+                        reasons.join("; ")
+                    )
+                }
+                Failure::Model(e) => format!("model {}: the sample input does not predict: {e}", info.name),
+                Failure::Panicked => {
+                    format!("model {}: the sample input does not predict: the model panicked", info.name)
+                }
+            })?;
+        let answer = crate::protocol::ml_deploy::render(entry, &predicted).map_err(|e| e.to_string())?;
+        println!("{}", String::from_utf8_lossy(&answer));
+        eprintln!(
+            "mldeploy: model {} {} ({}) loaded and predicted its sample",
+            info.name, info.version, info.kind
+        );
+    }
+    Ok(0)
 }
 
 fn event_settings(s: &Settings) -> EventSettings {
@@ -155,24 +245,41 @@ fn supervisor_config(s: &Settings) -> SupervisorConfig {
     }
 }
 
+/// What one generation of workers serves with.
+struct Plan {
+    settings: Settings,
+    models: Vec<ModelSpec>,
+}
+
+/// A repository change the master took, waiting for the end of the reload that carries it.
+struct PendingChange {
+    generation: u64,
+    selection: Selection,
+}
+
 /// The application the master supervises.
 struct ServerApp<L> {
     loader: Arc<L>,
     source: SettingsSource,
-    /// The settings of the generations whose workers may still be started, by generation
-    /// number: a worker respawned in the serving generation after a failed reload keeps that
-    /// generation's settings (and model path), not the refused ones. Pruned to the serving
-    /// generation when a reload ends, so reloads do not pile settings up in the master.
-    generations: BTreeMap<u64, Settings>,
+    /// The plans of the generations whose workers may still be started, by generation number:
+    /// a worker respawned in the serving generation after a failed reload keeps that
+    /// generation's settings and models, not the refused ones. Pruned to the serving generation
+    /// when a reload ends, so reloads do not pile plans up in the master.
+    generations: BTreeMap<u64, Plan>,
     /// The number the supervisor gives the next configuration `prepare` accepts.
     next_generation: u64,
     logs: Logs,
     metrics: Metrics,
-    model_slots: SharedSlots,
+    slots: ModelSlots,
+    mailbox: Mailbox,
+    /// The repository models served (all but those unloaded).
+    selection: Selection,
+    pending: Option<PendingChange>,
     reopen_logs: &'static AtomicU64,
 }
 
 fn serve<L: ModelLoader>(loader: L, source: SettingsSource, settings: Settings) -> Result<u8, String> {
+    let models = resolve_models(&settings, &Selection::default())?;
     // Everything shared by the workers is mapped now, before any fork.
     let shared =
         |len| mldeploy_prefork::shared_slots(len).map_err(|e| format!("cannot map shared memory: {e}"));
@@ -185,21 +292,26 @@ fn serve<L: ModelLoader>(loader: L, source: SettingsSource, settings: Settings) 
     } else {
         Metrics::disabled()
     };
-    let model_slots = SharedSlots::new(shared(SharedSlots::DEFAULT_LEN)?);
+    let slots = ModelSlots::new(shared(ModelSlots::WORDS)?);
+    let mailbox = Mailbox::new(shared(MAILBOX_WORDS)?);
     let addrs = settings.bind_addrs().map_err(|e| e.to_string())?;
     let listeners = mldeploy_prefork::bind_listeners(&addrs, settings.server.backlog)
         .map_err(|e| format!("cannot listen on {}: {e}", settings.server.bind.join(", ")))?;
     let log = logs.log.clone();
-    info!(log, "listening"; "addresses" => format_addrs(&listeners), "model" => loader.describe(settings.server.model.as_deref()));
+    let described: Vec<String> = models.iter().map(|m| loader.describe(m.source.path.as_deref())).collect();
+    info!(log, "listening"; "addresses" => format_addrs(&listeners), "models" => described.join("; "));
     let app_debug = settings.server.app_debug;
     let app = ServerApp {
         loader: Arc::new(loader),
         source,
-        generations: BTreeMap::from([(0, settings)]),
+        generations: BTreeMap::from([(0, Plan { settings, models })]),
         next_generation: 1,
         logs,
         metrics,
-        model_slots,
+        slots,
+        mailbox,
+        selection: Selection::default(),
+        pending: None,
         reopen_logs,
     };
     let code = if app_debug {
@@ -216,78 +328,98 @@ fn format_addrs(listeners: &[TcpListener]) -> String {
 }
 
 impl<L: ModelLoader> ServerApp<L> {
-    /// Load the model in this worker; a failure (or a panic) is a boot failure.
-    fn load_model(&self, settings: &Settings, log: &Logger) -> Option<Arc<dyn Model>> {
-        let path = settings.server.model.as_deref();
-        let ctx = LoadContext { shared: self.model_slots, metrics: self.metrics.model_sink() };
-        let started = Instant::now();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.loader.load(path, &ctx))) {
-            Ok(Ok(model)) => {
-                let secs = started.elapsed().as_secs_f64();
-                let info = model.info();
-                self.metrics.set_model(&info.name, &info.version);
-                for e in self.metrics.declare_model_metrics(&*model) {
-                    warn!(log, "model metric not registered"; "error" => %e);
+    /// The settings and models of a reload: the settings read again, and the repository
+    /// change a worker asked for, if any.
+    fn prepare_reload(&mut self) -> Result<SupervisorConfig, String> {
+        let request = self.mailbox.take();
+        let selection = match &request {
+            Some(r) => self.selection.with(r.change, &r.name),
+            None => self.selection.clone(),
+        };
+        let prepared = self.source.load().map_err(|e| e.to_string()).and_then(|fresh| {
+            let models = resolve_models(&fresh, &selection)?;
+            Ok((fresh, models))
+        });
+        let (fresh, models) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                if request.is_some() {
+                    self.mailbox.finish(false, &e);
                 }
-                self.metrics.model_load_seconds(secs);
-                info!(log, "model loaded"; "model" => &info.name, "version" => &info.version, "kind" => &info.kind, "seconds" => secs);
-                Some(model)
+                return Err(e);
             }
-            Ok(Err(e)) => {
-                error!(log, "model load failed"; "error" => %e);
-                None
-            }
-            Err(_) => {
-                error!(log, "model load failed"; "error" => "the loader panicked");
-                None
-            }
-        }
-    }
-}
-
-impl<L: ModelLoader> App for ServerApp<L> {
-    fn prepare(&mut self, reload: bool) -> Result<SupervisorConfig, String> {
-        if !reload {
-            return Ok(supervisor_config(&self.generations[&0]));
-        }
-        let fresh = self.source.load().map_err(|e| e.to_string())?;
+        };
         let (_, current) = self.generations.last_key_value().expect("the serving generation is kept");
-        if fresh.bind_addrs().ok() != current.bind_addrs().ok() {
+        if fresh.bind_addrs().ok() != current.settings.bind_addrs().ok() {
             warn!(
                 self.logs.log,
                 "bind addresses changed; they take effect at the next restart, not on reload"
             );
         }
         let config = supervisor_config(&fresh);
-        self.generations.insert(self.next_generation, fresh);
+        let generation = self.next_generation;
+        if request.is_some() {
+            self.pending = Some(PendingChange { generation, selection });
+        } else {
+            // A plain reload keeps the repository's selection.
+            self.pending = None;
+        }
+        self.generations.insert(generation, Plan { settings: fresh, models });
         self.next_generation += 1;
         Ok(config)
+    }
+}
+
+impl<L: ModelLoader> App for ServerApp<L> {
+    fn prepare(&mut self, reload: bool) -> Result<SupervisorConfig, String> {
+        if !reload {
+            return Ok(supervisor_config(&self.generations[&0].settings));
+        }
+        self.prepare_reload()
     }
 
     fn run_worker(&self, worker: Worker) -> i32 {
         let log = self.logs.log.new(o!("worker" => worker.index, "generation" => worker.generation));
-        let settings = (self.generations.get(&worker.generation))
+        let plan = (self.generations.get(&worker.generation))
             .or(self.generations.values().next_back())
             .expect("the serving generation is kept");
-        let Some(model) = self.load_model(settings, &log) else {
-            return exit_code::BOOT_FAILURE;
+        let settings = &plan.settings;
+        let registry = match load_models(
+            &*self.loader,
+            &plan.models,
+            &self.slots,
+            &self.metrics,
+            &settings.http.api_prefix,
+            &log,
+        ) {
+            Ok(registry) => registry,
+            Err(e) => {
+                error!(log, "model load failed"; "error" => %e);
+                self.mailbox.report_load_failure(&e.to_string());
+                return exit_code::BOOT_FAILURE;
+            }
         };
         let stats: Arc<dyn events::EventStats> = Arc::new(self.metrics.clone());
-        let tag = events::ModelTag { name: model.info().name.clone(), version: model.info().version.clone() };
-        let (events, producer) = events::start(&event_settings(settings), tag, log.clone(), stats);
+        let (events, producer) = events::start(&event_settings(settings), log.clone(), stats);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let fast_stop = Arc::new(AtomicBool::new(false));
         spawn_stop_watch(worker.handle.clone(), stop_tx, Arc::clone(&fast_stop));
-        let ctx = ServeContext {
-            model,
+        let repository = settings
+            .server
+            .model_repository
+            .as_ref()
+            .map(|root| RepositoryLink::new(root.clone(), self.mailbox, worker.handle.clone()));
+        let ctx = ServeContext::new(
+            registry,
             events,
-            metrics: self.metrics.clone(),
-            worker: Some(worker.handle),
-            log: log.clone(),
-            access_log: self.logs.access.clone(),
-            settings: http_settings(settings),
-        };
-        if let Err(e) = http::serve(worker.listeners, ctx, stop_rx) {
+            self.metrics.clone(),
+            Some(worker.handle),
+            repository,
+            log.clone(),
+            self.logs.access.clone(),
+            http_settings(settings),
+        );
+        if let Err(e) = http::serve(worker.listeners, Arc::new(ctx), stop_rx) {
             error!(log, "serving failed"; "error" => %e);
             return 1;
         }
@@ -305,21 +437,21 @@ impl<L: ModelLoader> App for ServerApp<L> {
         match event {
             SupervisorEvent::WorkerExited { pid, reason } => {
                 self.metrics.worker_exited(*pid);
-                let reason = match reason {
-                    RestartReason::Crash => "crash",
-                    RestartReason::Timeout => "timeout",
-                    RestartReason::MaxRequests => "max_requests",
-                    RestartReason::Reload => "reload",
-                    RestartReason::Scale => "scale",
-                    RestartReason::Shutdown => return,
-                    RestartReason::BootFailure => "boot_failure",
-                };
-                self.metrics.worker_restart(reason);
+                if reason.is_restart() {
+                    self.metrics.worker_restart(reason.as_str());
+                }
             }
             SupervisorEvent::WorkersAlive(n) => self.metrics.workers_alive(*n),
             SupervisorEvent::ReloadFinished { ok, serving } => {
                 self.metrics.reload(*ok);
                 self.generations.retain(|generation, _| generation == serving);
+                if let Some(change) = self.pending.take() {
+                    let applied = *ok && change.generation == *serving;
+                    if applied {
+                        self.selection = change.selection;
+                    }
+                    self.mailbox.finish(applied, "a worker of the new generation failed to start");
+                }
             }
             SupervisorEvent::WorkerReady { .. } => {}
         }
@@ -344,7 +476,7 @@ fn spawn_stop_watch(handle: WorkerHandle, tx: crossbeam_channel::Sender<Stop>, f
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     use super::*;
 
@@ -361,15 +493,19 @@ mod tests {
         };
         let settings = source.load().expect("default settings");
         let reopen_logs: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
-        let slots: &'static [AtomicU64] = Box::leak((0..8).map(|_| AtomicU64::new(0)).collect());
+        let leak = |n| -> &'static [AtomicU64] { Box::leak((0..n).map(|_| AtomicU64::new(0)).collect()) };
+        let models = resolve_models(&settings, &Selection::default()).unwrap();
         ServerApp {
             loader: Arc::new(no_model as NoModel),
             source,
             logs: log::build(&settings.log, reopen_logs).expect("logs to stderr"),
-            generations: BTreeMap::from([(0, settings)]),
+            generations: BTreeMap::from([(0, Plan { settings, models })]),
             next_generation: 1,
             metrics: Metrics::disabled(),
-            model_slots: SharedSlots::new(slots),
+            slots: ModelSlots::private(1),
+            mailbox: Mailbox::new(leak(MAILBOX_WORDS)),
+            selection: Selection::default(),
+            pending: None,
             reopen_logs,
         }
     }
@@ -395,5 +531,18 @@ mod tests {
         assert_eq!(kept(&app), [5]);
         app.prepare(true).expect("the next reload");
         assert_eq!(kept(&app), [5, 7]);
+    }
+
+    #[test]
+    fn no_model_means_the_builtin_one_and_paths_keep_their_order() {
+        let settings = Settings::default();
+        let specs = resolve_models(&settings, &Selection::default()).unwrap();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].source.path, None);
+        let mut settings = Settings::default();
+        settings.server.model = vec![PathBuf::from("b"), PathBuf::from("a")];
+        let specs = resolve_models(&settings, &Selection::default()).unwrap();
+        let paths: Vec<_> = specs.iter().map(|s| s.source.path.clone().unwrap()).collect();
+        assert_eq!(paths, [PathBuf::from("b"), PathBuf::from("a")]);
     }
 }

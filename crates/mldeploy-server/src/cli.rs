@@ -25,6 +25,15 @@ const fn flag(key: &'static str, value: &'static str, help: &'static str) -> Fla
 }
 
 const FLAGS: &[Flag] = &[
+    flag(
+        "model_repository",
+        "DIR",
+        "Serve every model package in DIR (numbered subdirectories are versions); the V2 API loads and unloads them",
+    ),
+    Flag {
+        repeat: true,
+        ..flag("model_version", "NAME=VERSION", "Serve this version of a repository model; repeatable [default: the highest]")
+    },
     Flag {
         repeat: true,
         ..flag("bind", "HOST:PORT", "Address to listen on; repeatable [default: 127.0.0.1:5000]")
@@ -97,8 +106,10 @@ fn setting_args() -> Vec<Arg> {
 fn command() -> Command {
     let model = Arg::new("model")
         .value_name("MODEL")
+        .num_args(0..)
+        .action(ArgAction::Append)
         .value_parser(clap::value_parser!(PathBuf))
-        .help("Model package directory; without it the embedded demo model is served");
+        .help("Model package directories, one model each; without any the embedded demo model is served");
     let config = Arg::new("config")
         .long("config")
         .value_name("FILE")
@@ -161,6 +172,20 @@ impl SettingsSource {
                 settings.server.bind.push(value.clone());
                 continue;
             }
+            if key == "model" {
+                if seen_list.insert("model") {
+                    settings.server.model.clear();
+                }
+                settings.server.model.push(PathBuf::from(value));
+                continue;
+            }
+            if key == "model_version" {
+                if seen_list.insert("model_version") {
+                    settings.server.model_version.clear();
+                }
+                settings.server.model_version.push(value.clone());
+                continue;
+            }
             if key == "kafka_option" && seen_list.insert("kafka_option") {
                 settings.kafka.kafka_option.clear();
             }
@@ -175,7 +200,7 @@ impl SettingsSource {
 
 fn source_of(m: &ArgMatches) -> SettingsSource {
     let mut flags = Vec::new();
-    if let Some(model) = m.get_one::<PathBuf>("model") {
+    for model in m.get_many::<PathBuf>("model").into_iter().flatten() {
         flags.push(("model".to_string(), model.display().to_string()));
     }
     for f in FLAGS {
@@ -245,7 +270,7 @@ mod tests {
         assert_eq!((s.server.workers, s.server.threads), (4, 2));
         assert_eq!(s.server.bind, vec!["127.0.0.1:1", "[::1]:2"]);
         assert!(s.server.app_debug && s.log.access_log);
-        assert_eq!(s.server.model, Some(PathBuf::from("pkg")));
+        assert_eq!(s.server.model, vec![PathBuf::from("pkg")]);
         assert_eq!(s.kafka.kafka_option, vec!["a=b"]);
     }
 

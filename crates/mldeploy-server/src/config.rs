@@ -33,8 +33,17 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
-    /// The model package directory (or what a custom loader takes); absent: the built-in model.
-    pub model: Option<PathBuf>,
+    /// The model packages (or what a custom loader takes), one model each; none and no
+    /// `model_repository`: the built-in model. A single path may be written as a string.
+    #[serde(deserialize_with = "one_or_many")]
+    pub model: Vec<PathBuf>,
+    /// A directory of model packages, one per subdirectory (numbered subdirectories of a
+    /// package are its versions): every model in it is served, and the V2 repository API
+    /// loads and unloads them.
+    pub model_repository: Option<PathBuf>,
+    /// Which version of a repository model serves, as `NAME=VERSION`; unpinned models serve
+    /// their highest numbered version.
+    pub model_version: Vec<String>,
     /// Addresses to listen on (`HOST:PORT`, IPv4 or `[IPv6]:PORT`). Ignored under systemd socket
     /// activation.
     pub bind: Vec<String>,
@@ -139,7 +148,9 @@ pub struct MetricsSection {
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
-            model: None,
+            model: Vec::new(),
+            model_repository: None,
+            model_version: Vec::new(),
             bind: vec!["127.0.0.1:5000".into()],
             http_port: None,
             workers: 1,
@@ -222,6 +233,8 @@ const LEGACY_ENV: &[(&str, &str)] = &[
 /// Every key `set` accepts, for the environment scan and error messages.
 pub const KEYS: &[&str] = &[
     "model",
+    "model_repository",
+    "model_version",
     "bind",
     "http_port",
     "workers",
@@ -277,6 +290,20 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// A TOML string or list of strings, as a list of paths.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 fn list(value: &str) -> Vec<String> {
     value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
 }
@@ -294,7 +321,9 @@ impl Settings {
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let s = &mut self.server;
         match key {
-            "model" => s.model = Some(PathBuf::from(value)),
+            "model" => s.model = vec![PathBuf::from(value)],
+            "model_repository" => s.model_repository = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
+            "model_version" => s.model_version = list(value),
             "bind" => s.bind = list(value),
             "http_port" => s.http_port = Some(parse_num(key, value, "a port number 1-65535")?),
             "workers" => s.workers = parse_num(key, value, "a whole number >= 1")?,
@@ -418,6 +447,12 @@ impl Settings {
             ));
         }
         self.kafka_options()?;
+        self.model_versions()?;
+        if !s.model.is_empty() && s.model_repository.is_some() {
+            return bad(
+                "model and model_repository exclude each other: serve packages, or a repository".into()
+            );
+        }
         if self.metrics.max_series == 0 {
             return bad("invalid value 0 for max_series: expected a whole number >= 1".into());
         }
@@ -451,6 +486,22 @@ impl Settings {
             .map(|o| match o.split_once('=') {
                 Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
                 _ => Err(ConfigError(format!("invalid value {o:?} for kafka_option: expected KEY=VALUE"))),
+            })
+            .collect()
+    }
+
+    /// `model_version` entries as (model, version).
+    pub fn model_versions(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.server
+            .model_version
+            .iter()
+            .map(|o| match o.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+                    Ok((k.trim().to_string(), v.trim().to_string()))
+                }
+                _ => {
+                    Err(ConfigError(format!("invalid value {o:?} for model_version: expected NAME=VERSION")))
+                }
             })
             .collect()
     }
@@ -538,6 +589,27 @@ mod tests {
         assert_eq!(s.kafka_options().unwrap(), vec![("security.protocol".into(), "ssl".into())]);
         s.set("kafka_option", "nonsense").unwrap();
         assert!(s.validate().unwrap_err().0.contains("kafka_option"));
+    }
+
+    #[test]
+    fn one_model_or_several() {
+        let s: Settings = toml::from_str("[server]\nmodel = \"a\"").unwrap();
+        assert_eq!(s.server.model, vec![PathBuf::from("a")]);
+        let s: Settings = toml::from_str("[server]\nmodel = [\"a\", \"b\"]").unwrap();
+        assert_eq!(s.server.model.len(), 2);
+        let mut s = Settings::default();
+        s.set("model_repository", "repo").unwrap();
+        s.set("model_version", "iris=2, wine=10").unwrap();
+        assert_eq!(
+            s.model_versions().unwrap(),
+            vec![("iris".into(), "2".into()), ("wine".into(), "10".into())]
+        );
+        s.validate().unwrap();
+        s.set("model", "pkg").unwrap();
+        assert!(s.validate().unwrap_err().0.contains("model_repository"));
+        let mut s = Settings::default();
+        s.set("model_version", "iris").unwrap();
+        assert!(s.validate().unwrap_err().0.contains("NAME=VERSION"));
     }
 
     #[test]

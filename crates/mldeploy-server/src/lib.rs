@@ -5,6 +5,8 @@
 //! shared memory, supervision) runs before any worker exists; everything in [`http`],
 //! [`events`] and the model runs inside a worker, after the fork.
 
+#![forbid(unsafe_code)]
+
 mod app;
 pub mod cli;
 pub mod config;
@@ -12,6 +14,12 @@ pub mod events;
 pub mod http;
 mod log;
 pub mod metrics;
+mod pipeline;
+mod protocol;
+pub mod registry;
+pub mod repository;
+pub mod service;
+pub mod slots;
 
 pub use app::run_cli;
 pub use mldeploy_prefork::Allocator;

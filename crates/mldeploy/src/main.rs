@@ -5,5 +5,5 @@
 static ALLOCATOR: mldeploy_server::Allocator = mldeploy_server::Allocator;
 
 fn main() -> std::process::ExitCode {
-    mldeploy_server::run_cli(mldeploy_candle::BuiltinLoader)
+    mldeploy_server::run_cli(mldeploy_package::PackageLoader)
 }

@@ -5,21 +5,20 @@
 //! server serialized itself ([`Body::Json`]) arrives with the fields the producer needs, so its
 //! bytes are copied, never parsed.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::Value;
 
 use super::{EventKind, ModelTag};
 
-/// A response as the request thread handed it over.
+/// A response as the request thread handed it over: serialized by the server (the bytes the
+/// client got), a JSON object whose `model` and `version` are those of `model`.
 #[derive(Debug)]
-pub(crate) enum Body {
-    /// Built as a JSON value.
-    Value(Value),
-    /// Serialized by the server (the bytes the client got): a JSON object whose `model` and
-    /// `version` are the worker's [`ModelTag`]; `topics` are those its model listed.
-    Json { bytes: Bytes, topics: Vec<String> },
+pub(crate) struct Body {
+    pub bytes: Bytes,
+    /// The topics the model listed.
+    pub topics: Vec<String>,
+    pub model: Arc<ModelTag>,
 }
 
 impl Body {
@@ -27,14 +26,7 @@ impl Body {
     /// response lists, each name once (the server may already have put the route's topic in
     /// that list).
     pub(crate) fn topics<'a>(&'a self, route_topic: &'a str) -> Vec<&'a str> {
-        match self {
-            Body::Value(value) => {
-                let listed =
-                    value.get("topics").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-                unique_topics(route_topic, listed.iter().filter_map(Value::as_str))
-            }
-            Body::Json { topics, .. } => unique_topics(route_topic, topics.iter().map(String::as_str)),
-        }
+        unique_topics(route_topic, self.topics.iter().map(String::as_str))
     }
 }
 
@@ -55,9 +47,9 @@ pub(crate) struct Message<'a> {
     /// Where it goes, deduplicated, the route's topic first.
     pub topics: Vec<&'a str>,
     /// The model name: message key and `model` header.
-    pub model: Option<Cow<'a, str>>,
+    pub model: &'a str,
     /// The model version: `version` header.
-    pub version: Option<Cow<'a, str>>,
+    pub version: &'a str,
     /// Milliseconds since the Unix epoch: the `timestamp` field and the Kafka timestamp.
     pub timestamp_ms: i64,
     /// The JSON document.
@@ -80,41 +72,18 @@ pub(crate) struct Context<'a> {
     pub request_id: &'a str,
     pub route: &'a str,
     pub names: &'a Topics,
-    pub model: &'a ModelTag,
     pub stamp: Stamp,
 }
 
 /// Builds the message of an event into `payload` (cleared first; passed in so the producer
 /// thread reuses one buffer): the response JSON object with `timestamp` (ms since the epoch),
-/// `request_id`, `worker_pid` and `route` appended. A value body that is not a JSON object is
-/// kept whole under `"response"`.
+/// `request_id`, `worker_pid` and `route` appended.
 pub(crate) fn build<'a>(body: &'a Body, cx: Context<'a>, mut payload: Vec<u8>) -> Message<'a> {
     payload.clear();
     let route_topic = cx.names.of(cx.kind);
-    let (model, version) = match body {
-        Body::Json { bytes, .. } => {
-            payload.extend_from_slice(bytes);
-            reopen_object(&mut payload);
-            (Some(Cow::Borrowed(cx.model.name.as_str())), Some(Cow::Borrowed(cx.model.version.as_str())))
-        }
-        Body::Value(value) => {
-            if value.is_object() {
-                // A JSON value always serializes.
-                let _ = serde_json::to_writer(&mut payload, value);
-                reopen_object(&mut payload);
-            } else {
-                payload.extend_from_slice(b"{\"response\":");
-                let _ = serde_json::to_writer(&mut payload, value);
-                payload.push(b',');
-            }
-            let text = |name: &str| match value.get(name) {
-                Some(Value::String(s)) => Some(Cow::Borrowed(s.as_str())),
-                None | Some(Value::Null) => None,
-                Some(other) => Some(Cow::Owned(other.to_string())),
-            };
-            (text("model"), text("version"))
-        }
-    };
+    payload.extend_from_slice(&body.bytes);
+    reopen_object(&mut payload);
+    let (model, version) = (body.model.name.as_str(), body.model.version.as_str());
     let mut digits = itoa::Buffer::new();
     payload.extend_from_slice(b"\"timestamp\":");
     payload.extend_from_slice(digits.format(cx.stamp.timestamp_ms).as_bytes());
@@ -173,7 +142,7 @@ impl Topics {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
@@ -181,20 +150,14 @@ mod tests {
         Topics { predict: "predict".into(), feedback: "feedback".into() }
     }
 
-    fn iris() -> ModelTag {
-        ModelTag { name: "iris".into(), version: "3".into() }
+    fn iris() -> Arc<ModelTag> {
+        Arc::new(ModelTag { name: "iris".into(), version: "3".into() })
     }
 
     const STAMP: Stamp = Stamp { timestamp_ms: 1_700_000_000_123, worker_pid: 42 };
 
-    fn context<'a>(
-        kind: EventKind,
-        request_id: &'a str,
-        route: &'a str,
-        names: &'a Topics,
-        model: &'a ModelTag,
-    ) -> Context<'a> {
-        Context { kind, request_id, route, names, model, stamp: STAMP }
+    fn context<'a>(kind: EventKind, request_id: &'a str, route: &'a str, names: &'a Topics) -> Context<'a> {
+        Context { kind, request_id, route, names, stamp: STAMP }
     }
 
     fn response() -> Value {
@@ -209,42 +172,44 @@ mod tests {
         let topics = value["topics"]
             .as_array()
             .map(|t| t.iter().filter_map(|t| t.as_str().map(String::from)).collect());
-        Body::Json {
+        Body {
             bytes: Bytes::from(serde_json::to_vec(value).unwrap()),
             topics: topics.unwrap_or_default(),
+            model: iris(),
         }
     }
 
     #[test]
     fn topics_are_the_route_topic_then_the_listed_ones_each_once() {
-        let body = Body::Value(json!({"topics": ["predict", "audit", "", 7, "audit", "drift", "predict"]}));
-        assert_eq!(body.topics("predict"), ["predict", "audit", "drift"]);
-        let listed = ["audit", "predict", "audit", ""].map(String::from).to_vec();
-        let body = Body::Json { bytes: Bytes::from_static(b"{}"), topics: listed };
-        assert_eq!(body.topics("predict"), ["predict", "audit"]);
-        assert_eq!(Body::Value(json!({"topics": []})).topics("feedback"), ["feedback"]);
-        assert_eq!(Body::Value(json!({"topics": "audit"})).topics("feedback"), ["feedback"]);
-        assert_eq!(Body::Value(json!([1, 2])).topics("feedback"), ["feedback"]);
+        let body = |listed: &[&str]| Body {
+            bytes: Bytes::from_static(b"{}"),
+            topics: listed.iter().map(|t| t.to_string()).collect(),
+            model: iris(),
+        };
+        assert_eq!(
+            body(&["predict", "audit", "", "audit", "drift", "predict"]).topics("predict"),
+            ["predict", "audit", "drift"]
+        );
+        assert_eq!(body(&[]).topics("feedback"), ["feedback"]);
     }
 
     #[test]
     fn message_is_the_response_plus_request_context() {
-        let (names, model) = (names(), iris());
-        for body in [Body::Value(response()), json_body(&response())] {
-            let cx = context(EventKind::Feedback, "req-\"1\"", "/api/ml/feedback", &names, &model);
-            let message = build(&body, cx, Vec::new());
-            assert_eq!(message.topics, ["feedback", "audit"]);
-            assert_eq!(message.model.as_deref(), Some("iris"));
-            assert_eq!(message.version.as_deref(), Some("3"));
-            assert_eq!(message.timestamp_ms, 1_700_000_000_123);
-            let doc: Value = serde_json::from_slice(&message.payload).unwrap();
-            let mut expected = response();
-            expected["timestamp"] = json!(1_700_000_000_123_i64);
-            expected["request_id"] = json!("req-\"1\"");
-            expected["worker_pid"] = json!(42);
-            expected["route"] = json!("/api/ml/feedback");
-            assert_eq!(doc, expected);
-        }
+        let names = names();
+        let body = json_body(&response());
+        let cx = context(EventKind::Feedback, "req-\"1\"", "/api/ml/feedback", &names);
+        let message = build(&body, cx, Vec::new());
+        assert_eq!(message.topics, ["feedback", "audit"]);
+        assert_eq!(message.model, "iris");
+        assert_eq!(message.version, "3");
+        assert_eq!(message.timestamp_ms, 1_700_000_000_123);
+        let doc: Value = serde_json::from_slice(&message.payload).unwrap();
+        let mut expected = response();
+        expected["timestamp"] = json!(1_700_000_000_123_i64);
+        expected["request_id"] = json!("req-\"1\"");
+        expected["worker_pid"] = json!(42);
+        expected["route"] = json!("/api/ml/feedback");
+        assert_eq!(doc, expected);
     }
 
     #[test]
@@ -261,8 +226,8 @@ mod tests {
 
     #[test]
     fn the_payload_buffer_is_reused_from_a_clean_start() {
-        let (names, model) = (names(), iris());
-        let cx = context(EventKind::Predict, "r", "/p", &names, &model);
+        let names = names();
+        let cx = context(EventKind::Predict, "r", "/p", &names);
         let first = build(&json_body(&json!({"a": 1})), cx, Vec::new()).payload;
         let second = build(&json_body(&json!({"b": 2})), cx, first).payload;
         let doc: Value = serde_json::from_slice(&second).unwrap();
@@ -273,31 +238,14 @@ mod tests {
     }
 
     #[test]
-    fn a_value_that_is_not_an_object_is_kept_whole() {
-        let (names, model) = (names(), iris());
-        for kept in [json!([1, 2]), json!("text"), json!(null)] {
-            let body = Body::Value(kept.clone());
-            let message = build(&body, context(EventKind::Predict, "r", "/p", &names, &model), Vec::new());
-            assert_eq!(message.topics, ["predict"]);
-            assert_eq!(message.model, None);
-            let doc: Value = serde_json::from_slice(&message.payload).unwrap();
-            assert_eq!(doc["response"], kept);
-            assert_eq!(doc["route"], "/p");
-        }
-    }
-
-    #[test]
     fn an_empty_object_gets_the_context_only() {
-        let (names, model) = (names(), iris());
-        let bodies =
-            [Body::Value(json!({})), Body::Json { bytes: Bytes::from_static(b"{ } \n"), topics: vec![] }];
-        for body in bodies {
-            let message = build(&body, context(EventKind::Predict, "r", "/p", &names, &model), Vec::new());
-            let doc: Value = serde_json::from_slice(&message.payload).unwrap();
-            assert_eq!(
-                doc,
-                json!({"timestamp": 1_700_000_000_123_i64, "request_id": "r", "worker_pid": 42, "route": "/p"})
-            );
-        }
+        let names = names();
+        let body = Body { bytes: Bytes::from_static(b"{ } \n"), topics: vec![], model: iris() };
+        let message = build(&body, context(EventKind::Predict, "r", "/p", &names), Vec::new());
+        let doc: Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(
+            doc,
+            json!({"timestamp": 1_700_000_000_123_i64, "request_id": "r", "worker_pid": 42, "route": "/p"})
+        );
     }
 }

@@ -4,14 +4,14 @@
 //! - [`start`] runs in a worker, after the fork (librdkafka is not fork-safe). It returns the
 //!   request threads' handle, [`Events`], and the [`Producer`] that owns the producer thread.
 //!   Without brokers configured both are inert and nothing is started.
-//! - [`Events::emit`] and [`Events::emit_json`] never block and never call Kafka: they hand
-//!   the event to a bounded channel with `try_send`. A full channel (or a stopped producer)
+//! - [`Events::emit_json`] never blocks and never calls Kafka: it hands the event to a
+//!   bounded channel with `try_send`. A full channel (or a stopped producer)
 //!   drops the event, counts it per topic with [`EventStats::dropped`] and logs a warning at
 //!   most once every [`WARNING_INTERVAL`], with the number dropped since the last one.
 //! - The producer thread builds the message (the response JSON plus `timestamp`, `request_id`,
 //!   `worker_pid`, `route`) and produces it to the route's topic and to every
-//!   topic the response lists, each once, keyed by the model name, with `model` and `version`
-//!   headers. Delivery reports count [`EventStats::delivered`] or [`EventStats::failed`] per
+//!   topic the response lists, each once, keyed by the name of the model that answered, with
+//!   `model` and `version` headers. Delivery reports count [`EventStats::delivered`] or [`EventStats::failed`] per
 //!   topic; a topic the broker does not have is warned about once and its events count as failed.
 //! - The broker may be away at start, go away and come back: librdkafka reconnects by itself,
 //!   and a message not delivered within `message_timeout_ms` counts as failed.
@@ -152,27 +152,16 @@ pub enum EventKind {
     Feedback,
 }
 
-/// One event: a response to send to Kafka.
-#[derive(Debug)]
-pub struct Event {
-    pub kind: EventKind,
-    /// The full response JSON (target, input, list_metrics, topics, model, version).
-    pub response: serde_json::Value,
-    /// The request id the client saw in `x-request-id`.
-    pub request_id: String,
-    /// The route path, for example `/api/ml/predict`.
-    pub route: String,
-}
-
-/// [`Event`] with the response already serialized: the bytes sent to the client. Cheaper for
-/// the request thread than building a `serde_json::Value`, and the producer thread appends its
-/// fields without parsing or re-serializing the response.
+/// One event: a response to send to Kafka, already serialized (the bytes sent to the client),
+/// so the producer thread appends its fields without parsing or re-serializing the response.
 #[derive(Debug)]
 pub struct JsonEvent {
     pub kind: EventKind,
     /// The response body as sent (target, input, list_metrics, topics, model, version): one
-    /// JSON object, whose `model` and `version` are the [`ModelTag`] given to [`start`].
+    /// JSON object, whose `model` and `version` are those of `model`.
     pub body: bytes::Bytes,
+    /// The model that answered: the message key and headers.
+    pub model: Arc<ModelTag>,
     /// The topics the model's response listed (the route's own topic need not be there: every
     /// event goes to it).
     pub topics: Vec<String>,
@@ -182,7 +171,7 @@ pub struct JsonEvent {
     pub route: String,
 }
 
-/// The model a worker serves: the key and headers of its [`JsonEvent`]s.
+/// A model the worker serves: the key and headers of its [`JsonEvent`]s.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelTag {
     pub name: String,
@@ -208,7 +197,6 @@ pub struct Events {
 struct Shared {
     tx: Sender<Queued>,
     topics: Topics,
-    model: ModelTag,
     stats: Arc<dyn EventStats>,
     log: Logger,
     /// Set by [`Producer::shutdown`]: new events are dropped.
@@ -236,13 +224,8 @@ impl Events {
     }
 
     /// Queue an event; never blocks. A full channel or a stopped producer drops it (counted).
-    pub fn emit(&self, event: Event) {
-        self.queue(event.kind, Body::Value(event.response), event.request_id, event.route);
-    }
-
-    /// Queue an already serialized event; never blocks. Like [`Events::emit`].
     pub fn emit_json(&self, event: JsonEvent) {
-        let body = Body::Json { bytes: event.body, topics: event.topics };
+        let body = Body { bytes: event.body, topics: event.topics, model: event.model };
         self.queue(event.kind, body, event.request_id, event.route);
     }
 
@@ -318,12 +301,10 @@ impl Drop for Producer {
     }
 }
 
-/// Start the producer thread (in the worker, after the fork, once `model` is loaded). Events
-/// are off (and nothing is started) without brokers, or when librdkafka refuses the settings
-/// (logged as an error).
+/// Start the producer thread (in the worker, after the fork). Events are off (and nothing is
+/// started) without brokers, or when librdkafka refuses the settings (logged as an error).
 pub fn start(
     settings: &EventSettings,
-    model: ModelTag,
     log: Logger,
     stats: Arc<dyn EventStats>,
 ) -> (Events, Option<Producer>) {
@@ -335,7 +316,6 @@ pub fn start(
     let shared = Arc::new(Shared {
         tx,
         topics: settings.topics(),
-        model,
         stats: Arc::clone(&stats),
         log: log.clone(),
         closed: AtomicBool::new(false),

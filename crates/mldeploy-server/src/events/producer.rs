@@ -197,7 +197,6 @@ impl ProducerThread {
             request_id: &queued.request_id,
             route: &queued.route,
             names: &shared.topics,
-            model: &shared.model,
             stamp: Stamp { timestamp_ms: queued.timestamp_ms, worker_pid: *worker_pid },
         };
         let message = message::build(&queued.body, cx, std::mem::take(payload));
@@ -251,20 +250,14 @@ fn send(
     topic: &str,
 ) {
     loop {
-        let mut headers = OwnedHeaders::new_with_capacity(2);
-        if let Some(model) = &message.model {
-            headers = headers.insert(Header { key: "model", value: Some(model.as_ref()) });
-        }
-        if let Some(version) = &message.version {
-            headers = headers.insert(Header { key: "version", value: Some(version.as_ref()) });
-        }
-        let mut record = BaseRecord::<str, [u8]>::to(topic)
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header { key: "model", value: Some(message.model) })
+            .insert(Header { key: "version", value: Some(message.version) });
+        let record = BaseRecord::<str, [u8]>::to(topic)
             .payload(&message.payload)
             .timestamp(message.timestamp_ms)
-            .headers(headers);
-        if let Some(model) = &message.model {
-            record = record.key(model.as_ref());
-        }
+            .headers(headers)
+            .key(message.model);
         let error = match kafka.send(record) {
             Ok(()) => return,
             Err((error, _)) => error,

@@ -76,48 +76,50 @@ impl Drain for Lines {
     }
 }
 
-fn predict(n: usize, topics: &[&str]) -> Event {
-    Event {
-        kind: EventKind::Predict,
-        response: json!({
+fn predict(n: usize, topics: &[&str]) -> JsonEvent {
+    event(
+        EventKind::Predict,
+        json!({
             "target": {"y_predicted": [n % 3]}, "input": [[n as f64, 1.5]],
             "list_metrics": [{"name": "rows", "type": "GAUGE", "value": 1.0}],
             "topics": topics, "model": "iris", "version": "2", "seq": n
         }),
-        request_id: format!("req-{n}"),
-        route: "/api/ml/predict".into(),
-    }
+        format!("req-{n}"),
+        "/api/ml/predict",
+    )
 }
 
-fn feedback(n: usize) -> Event {
-    Event {
-        kind: EventKind::Feedback,
-        response: json!({
+fn feedback(n: usize) -> JsonEvent {
+    event(
+        EventKind::Feedback,
+        json!({
             "target": {"y_true": [1]}, "input": [[1.0]],
             "list_metrics": [{"name": "F1", "type": "GAUGE", "value": 0.75}],
             "topics": ["feedback"], "model": "iris", "version": "2", "seq": n
         }),
-        request_id: format!("fb-{n}"),
-        route: "/api/ml/feedback".into(),
-    }
+        format!("fb-{n}"),
+        "/api/ml/feedback",
+    )
 }
 
-fn serialized(event: Event) -> JsonEvent {
+/// An event of the iris model, as the server serializes its answer.
+fn event(kind: EventKind, response: Value, request_id: String, route: &str) -> JsonEvent {
     JsonEvent {
-        kind: event.kind,
-        body: serde_json::to_vec(&event.response).unwrap().into(),
-        topics: event.response["topics"]
+        kind,
+        body: serde_json::to_vec(&response).unwrap().into(),
+        model: iris(),
+        topics: response["topics"]
             .as_array()
             .map(|t| t.iter().filter_map(|t| t.as_str().map(String::from)).collect())
             .unwrap_or_default(),
-        request_id: event.request_id,
-        route: event.route,
+        request_id,
+        route: route.into(),
     }
 }
 
 /// The model of the test events.
-fn iris() -> ModelTag {
-    ModelTag { name: "iris".into(), version: "2".into() }
+fn iris() -> Arc<ModelTag> {
+    Arc::new(ModelTag { name: "iris".into(), version: "2".into() })
 }
 
 fn free_port() -> u16 {
@@ -133,11 +135,11 @@ fn without_brokers_nothing_starts() {
     let stats = Arc::new(TestStats::default());
     for brokers in [None, Some(" ".to_string())] {
         let settings = EventSettings { brokers, ..EventSettings::default() };
-        let (events, producer) = start(&settings, iris(), Lines::default().logger(), stats.clone());
+        let (events, producer) = start(&settings, Lines::default().logger(), stats.clone());
         assert!(!events.enabled());
         assert!(producer.is_none());
         assert_eq!(events.topic(EventKind::Predict), None);
-        events.emit(predict(0, &[]));
+        events.emit_json(predict(0, &[]));
     }
     assert!(stats.0.lock().unwrap().is_empty());
     assert!(!Events::default().enabled());
@@ -153,7 +155,6 @@ fn a_full_channel_drops_counts_and_warns_once_per_interval() {
         shared: Some(Arc::new(Shared {
             tx,
             topics: EventSettings::default().topics(),
-            model: iris(),
             stats: stats.clone(),
             log: lines.logger(),
             closed: AtomicBool::new(false),
@@ -162,12 +163,7 @@ fn a_full_channel_drops_counts_and_warns_once_per_interval() {
         })),
     };
     for n in 0..5 {
-        let event = predict(n, &["predict", "audit"]);
-        if n % 2 == 0 {
-            events.emit(event);
-        } else {
-            events.emit_json(serialized(event));
-        }
+        events.emit_json(predict(n, &["predict", "audit"]));
     }
     assert_eq!(rx.len(), 2);
     assert_eq!(stats.get("dropped", "predict"), 3);
@@ -212,11 +208,11 @@ fn an_unreachable_broker_counts_failures() {
     let lines = Lines::default();
     let settings =
         EventSettings { message_timeout_ms: 500, ..settings(format!("127.0.0.1:{}", free_port())) };
-    let (events, producer) = start(&settings, iris(), lines.logger(), stats.clone());
+    let (events, producer) = start(&settings, lines.logger(), stats.clone());
     assert!(events.enabled());
     assert_eq!(events.topic(EventKind::Feedback), Some("feedback"));
     for n in 0..50 {
-        events.emit(predict(n, &[]));
+        events.emit_json(predict(n, &[]));
     }
     producer.unwrap().shutdown(Instant::now() + Duration::from_secs(20));
     assert_eq!(stats.get("sent", "predict"), 50);
@@ -224,7 +220,7 @@ fn an_unreachable_broker_counts_failures() {
     assert_eq!(stats.get("delivered", "predict"), 0);
     assert!(!lines.matching("metric events not delivered").is_empty());
 
-    events.emit(feedback(0));
+    events.emit_json(feedback(0));
     assert_eq!(stats.get("dropped", "feedback"), 1);
     assert_eq!(lines.matching("reason=producer stopped").len(), 1);
 }
@@ -233,15 +229,11 @@ fn an_unreachable_broker_counts_failures() {
 #[test]
 fn dropping_the_producer_stops_it() {
     let stats = Arc::new(TestStats::default());
-    let (events, producer) = start(
-        &settings(format!("127.0.0.1:{}", free_port())),
-        iris(),
-        Lines::default().logger(),
-        stats.clone(),
-    );
-    events.emit(predict(0, &[]));
+    let (events, producer) =
+        start(&settings(format!("127.0.0.1:{}", free_port())), Lines::default().logger(), stats.clone());
+    events.emit_json(predict(0, &[]));
     drop(producer);
-    events.emit(predict(1, &[]));
+    events.emit_json(predict(1, &[]));
     assert!(stats.get("dropped", "predict") >= 1);
     assert_eq!(stats.get("sent", "predict") + stats.get("dropped", "predict"), 2);
     assert_eq!(stats.get("failed", "predict"), stats.get("sent", "predict"));
@@ -391,19 +383,12 @@ fn every_event_reaches_each_of_its_topics_once() {
         return;
     };
     let stats = Arc::new(TestStats::default());
-    let (events, producer) =
-        start(&settings(broker.address()), iris(), Lines::default().logger(), stats.clone());
-    // Half of them serialized already, as the HTTP layer hands them over.
+    let (events, producer) = start(&settings(broker.address()), Lines::default().logger(), stats.clone());
     for n in 0..500 {
-        let event = predict(n, &["predict", "audit"]);
-        if n % 2 == 0 {
-            events.emit(event);
-        } else {
-            events.emit_json(serialized(event));
-        }
+        events.emit_json(predict(n, &["predict", "audit"]));
     }
     for n in 0..200 {
-        events.emit(feedback(n));
+        events.emit_json(feedback(n));
     }
     producer.unwrap().shutdown(Instant::now() + Duration::from_secs(30));
     for (topic, n) in [("predict", 500), ("audit", 500), ("feedback", 200)] {
@@ -445,15 +430,15 @@ fn a_missing_topic_is_reported_once_and_counted() {
         options: vec![("topic.metadata.propagation.max.ms".into(), "1000".into())],
         ..settings(broker.address())
     };
-    let (events, producer) = start(&settings, iris(), lines.logger(), stats.clone());
+    let (events, producer) = start(&settings, lines.logger(), stats.clone());
     for n in 0..20 {
-        events.emit(predict(n, &["absent"]));
+        events.emit_json(predict(n, &["absent"]));
     }
     // Wait for librdkafka to settle that the topic is missing, then send more.
     let settled = wait_for(|| stats.get("failed", "absent") == 20);
     assert!(settled, "the first 20 events to the missing topic did not fail");
     for n in 20..40 {
-        events.emit(predict(n, &["absent"]));
+        events.emit_json(predict(n, &["absent"]));
     }
     producer.unwrap().shutdown(Instant::now() + Duration::from_secs(30));
     assert_eq!(stats.get("failed", "absent"), 40);
@@ -473,16 +458,16 @@ fn events_after_a_broker_restart_are_delivered() {
     let stats = Arc::new(TestStats::default());
     let lines = Lines::default();
     let settings = EventSettings { message_timeout_ms: 60_000, ..settings(broker.address()) };
-    let (events, producer) = start(&settings, iris(), lines.logger(), stats.clone());
+    let (events, producer) = start(&settings, lines.logger(), stats.clone());
     let delivered = |n| wait_for(|| stats.get("delivered", "predict") >= n);
     for n in 0..100 {
-        events.emit(predict(n, &[]));
+        events.emit_json(predict(n, &[]));
     }
     assert!(delivered(100), "events before the crash were not delivered");
 
     broker.kill();
     for n in 100..200 {
-        events.emit(predict(n, &[]));
+        events.emit_json(predict(n, &[]));
     }
     broker.restart(&topics);
     // Settle before the events under test: the ones queued during the outage, and a few sent
@@ -491,7 +476,7 @@ fn events_after_a_broker_restart_are_delivered() {
     // offset); that must not be a batch under test. A broker with durable storage has no such
     // window.
     for n in 500..510 {
-        events.emit(predict(n, &[]));
+        events.emit_json(predict(n, &[]));
     }
     assert!(
         settled(&stats, 210),
@@ -499,7 +484,7 @@ fn events_after_a_broker_restart_are_delivered() {
         stats.0.lock().unwrap()
     );
     for n in 1000..1100 {
-        events.emit(predict(n, &[]));
+        events.emit_json(predict(n, &[]));
     }
     producer.unwrap().shutdown(Instant::now() + Duration::from_secs(60));
     let after: Vec<u64> = seqs(&broker.read("predict")).into_iter().filter(|s| *s >= 1000).collect();

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -18,7 +18,8 @@ use slog::{debug, warn};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::handler::{self, ResBody};
+use super::exchange::{ConnState, ResBody, HEAD, IDLE};
+use super::handler;
 use super::Server;
 
 /// Largest request line plus headers.
@@ -53,89 +54,6 @@ pub(crate) async fn accept_loop(server: Arc<Server>, listener: tokio::net::TcpLi
             },
             _ = drain.as_mut() => break,
         }
-    }
-}
-
-/// Where a connection is between requests.
-const IDLE: u8 = 0;
-/// Bytes of a request head have arrived; the head is not complete.
-const HEAD: u8 = 1;
-/// A request is being served (from its complete head until its answer is handed to hyper).
-const BUSY: u8 = 2;
-
-/// A connection's phase, shared by its I/O wrapper, its requests and its watchdog (all on
-/// the connection's task: the atomics are uncontended).
-pub(crate) struct ConnState {
-    phase: AtomicU8,
-    /// Nanoseconds after the server's epoch when the phase began.
-    since: AtomicU64,
-    /// The connection must linger before closing: request bytes may be left unread.
-    linger: AtomicBool,
-    /// An answer is still being written (the socket pushed back): the connection is not idle
-    /// until it is flushed, however long the client takes to read it.
-    writing: AtomicBool,
-    /// Requests begun on this connection.
-    seq: AtomicU64,
-    epoch: Instant,
-}
-
-impl ConnState {
-    fn new(server: &Server) -> Self {
-        Self {
-            phase: AtomicU8::new(IDLE),
-            since: AtomicU64::new(server.now_nanos()),
-            linger: AtomicBool::new(false),
-            writing: AtomicBool::new(false),
-            seq: AtomicU64::new(0),
-            epoch: server.epoch,
-        }
-    }
-
-    fn now_nanos(&self) -> u64 {
-        (self.epoch.elapsed().as_nanos() as u64).max(1)
-    }
-
-    fn set(&self, phase: u8, at: u64) {
-        self.since.store(at, Ordering::Relaxed);
-        self.phase.store(phase, Ordering::Relaxed);
-    }
-
-    fn phase(&self) -> (u8, Instant) {
-        let phase = self.phase.load(Ordering::Relaxed);
-        let since = self.epoch + Duration::from_nanos(self.since.load(Ordering::Relaxed));
-        (phase, since)
-    }
-
-    /// A request head is complete; returns when its first byte arrived, and the request's
-    /// number on this connection.
-    pub(crate) fn begin_request(&self) -> (Instant, u64) {
-        let now = self.now_nanos();
-        let started =
-            if self.phase.load(Ordering::Relaxed) == HEAD { self.since.load(Ordering::Relaxed) } else { now };
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        self.set(BUSY, now);
-        (self.epoch + Duration::from_nanos(started), seq)
-    }
-
-    /// Request `seq` has handed over its answer: the connection idles from now (unless a
-    /// later request has begun meanwhile).
-    pub(crate) fn end_request(&self, seq: u64) {
-        if self.seq.load(Ordering::Relaxed) == seq {
-            self.set(IDLE, self.now_nanos());
-        }
-    }
-
-    /// The socket took some of an answer: an idle connection's clock restarts, so a client
-    /// that reads a large answer slowly is not cut off while it reads.
-    fn wrote(&self) {
-        if self.phase.load(Ordering::Relaxed) == IDLE {
-            self.since.store(self.now_nanos(), Ordering::Relaxed);
-        }
-    }
-
-    /// Close with a linger: the answer was sent before the request was read in full.
-    pub(crate) fn mark_linger(&self) {
-        self.linger.store(true, Ordering::Relaxed);
     }
 }
 
@@ -176,7 +94,7 @@ async fn run(server: Arc<Server>, stream: TcpStream, remote: SocketAddr) {
     // Counts the connection closed however the task ends (even by a panic).
     let _open = OpenConnection(server.clone());
     let _ = stream.set_nodelay(true);
-    let state = Arc::new(ConnState::new(&server));
+    let state = Arc::new(ConnState::new(server.now_nanos(), server.epoch));
     let io = TokioIo::new(Tracked::new(stream, state.clone(), server.clone(), remote));
     let service = ConnService { server: server.clone(), state: state.clone(), remote };
     let mut conn = http1::Builder::new()
@@ -231,7 +149,7 @@ async fn run(server: Arc<Server>, stream: TcpStream, remote: SocketAddr) {
         End::Idle => drop(conn),
         End::Done => {
             let mut io = conn.into_parts().io.into_inner();
-            if state.linger.load(Ordering::Relaxed) {
+            if state.lingering() {
                 linger(&mut io).await;
             } else {
                 let _ = tokio::time::timeout(LINGER_TIME, io.shutdown()).await;
@@ -270,7 +188,7 @@ fn phase_deadline(server: &Server, state: &ConnState) -> Option<(End, Instant)> 
     let (phase, since) = state.phase();
     match phase {
         // An answer still being written: the client has `request_timeout` between two reads.
-        IDLE if state.writing.load(Ordering::Relaxed) => Some((End::Idle, since + settings.request_timeout)),
+        IDLE if state.writing() => Some((End::Idle, since + settings.request_timeout)),
         IDLE => {
             let mut deadline = since + settings.keepalive;
             if let Some(drain) = server.drain_started() {
@@ -378,8 +296,8 @@ impl AsyncRead for Tracked {
         let result = Pin::new(&mut self.stream).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             let state = &self.state;
-            if state.phase.load(Ordering::Relaxed) == IDLE {
-                state.set(HEAD, state.now_nanos());
+            if state.is_idle() {
+                state.head_arriving();
             }
         }
         result
@@ -408,7 +326,7 @@ impl AsyncWrite for Tracked {
         }
         let result = Pin::new(&mut this.stream).poll_write(cx, buf);
         match result {
-            Poll::Pending => this.state.writing.store(true, Ordering::Relaxed),
+            Poll::Pending => this.state.set_writing(true),
             Poll::Ready(Ok(n)) if n > 0 => this.state.wrote(),
             Poll::Ready(_) => {}
         }
@@ -418,7 +336,7 @@ impl AsyncWrite for Tracked {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_pending(cx))?;
         let result = Pin::new(&mut self.stream).poll_flush(cx);
-        if matches!(result, Poll::Ready(Ok(()))) && self.state.writing.swap(false, Ordering::Relaxed) {
+        if matches!(result, Poll::Ready(Ok(()))) && self.state.take_writing() {
             // Everything hyper had is on its way: the idle clock starts now.
             self.state.wrote();
         }

@@ -64,8 +64,10 @@
 //! templates only (`unmatched` for 404s) to bound label cardinality.
 
 mod conn;
+mod exchange;
 mod handler;
-mod multipart;
+pub(crate) mod multipart;
+mod router;
 #[cfg(test)]
 mod tests;
 
@@ -74,72 +76,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mldeploy_model::Model;
-use mldeploy_prefork::{Stop, WorkerHandle};
+use mldeploy_prefork::Stop;
 use slog::{info, warn};
 use tokio::sync::Notify;
 
-use crate::events::Events;
-use crate::metrics::Metrics;
-
-/// HTTP settings.
-#[derive(Debug, Clone)]
-pub struct HttpSettings {
-    /// Prefix of the model routes (`/api/ml`).
-    pub api_prefix: String,
-    /// Largest accepted body in bytes (413 above).
-    pub max_body: usize,
-    /// Idle keep-alive connections are closed after this.
-    pub keepalive: Duration,
-    /// A request's head and body must arrive within this (408 otherwise).
-    pub request_timeout: Duration,
-    /// Allowed CORS origins; `*` allows all.
-    pub cors_origins: Vec<String>,
-    /// Serving threads (model calls at once).
-    pub threads: usize,
-    /// Write an access log line per request.
-    pub access_log: bool,
-    /// After a graceful stop, how long open connections may take to finish before `serve`
-    /// returns anyway.
-    pub graceful_timeout: Duration,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self {
-            api_prefix: "/api/ml".into(),
-            max_body: 10 * 1024 * 1024,
-            keepalive: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(30),
-            cors_origins: vec!["*".into()],
-            threads: 1,
-            access_log: false,
-            graceful_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// What the HTTP service needs.
-#[derive(Clone)]
-pub struct ServeContext {
-    /// The loaded model.
-    pub model: Arc<dyn Model>,
-    /// Where predict and feedback responses go (Kafka), when enabled.
-    pub events: Events,
-    /// The server-wide metric store.
-    pub metrics: Metrics,
-    /// The link to the master; `None` in `--app-debug` (one process).
-    pub worker: Option<WorkerHandle>,
-    /// The worker's log.
-    pub log: slog::Logger,
-    /// Where access log lines go.
-    pub access_log: slog::Logger,
-    /// HTTP settings.
-    pub settings: HttpSettings,
-}
-
-/// The API version served in `/version` and `/metadata`.
-pub const API_VERSION: &str = "v1";
+use crate::metrics::ModelKey;
+use crate::service::ServeContext;
 
 /// How long a drained worker keeps an idle keep-alive connection open, at most.
 const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(2);
@@ -150,7 +92,7 @@ const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(2);
 /// counts as [`Stop::Graceful`].
 pub fn serve(
     listeners: Vec<TcpListener>,
-    ctx: ServeContext,
+    ctx: Arc<ServeContext>,
     stop: crossbeam_channel::Receiver<Stop>,
 ) -> std::io::Result<()> {
     let threads = ctx.settings.threads.max(1);
@@ -187,7 +129,8 @@ pub fn serve(
             ticking.release_memory_when_quiet();
         }
     });
-    info!(log, "serving"; "threads" => threads, "model" => &server.ctx.model.info().name);
+    let names: Vec<&str> = server.ctx.models.iter().map(|e| e.name()).collect();
+    info!(log, "serving"; "threads" => threads, "models" => names.join(","));
     if let Some(worker) = &server.ctx.worker {
         worker.ready();
     }
@@ -231,18 +174,16 @@ pub fn serve(
 
 /// State shared by every connection of a worker.
 pub(crate) struct Server {
-    pub(crate) ctx: ServeContext,
-    pub(crate) routes: handler::Routes,
-    /// Answers computed once: metadata, version.
-    pub(crate) cached: handler::Cached,
+    pub(crate) ctx: Arc<ServeContext>,
+    pub(crate) router: router::Router,
     pub(crate) cors: handler::Cors,
-    /// The model's schema, when it declares features.
-    pub(crate) schema: Option<mldeploy_model::Schema>,
+    /// The metric labels of requests that concern no model: the model's own when the server
+    /// has one, as every request is about it; empty otherwise.
+    pub(crate) unmatched_key: ModelKey,
     /// The clock all connection timestamps count from.
     pub(crate) epoch: Instant,
     /// Nanoseconds after `epoch` when the drain began; 0 while serving.
     drain_started: AtomicU64,
-    draining: AtomicBool,
     /// Wakes accept loops and connection watchdogs when the drain begins.
     pub(crate) drain_begun: Notify,
     open: AtomicUsize,
@@ -265,29 +206,27 @@ pub(crate) struct Server {
 const MEMORY_RELEASE_QUIET: Duration = Duration::from_secs(1);
 
 impl Server {
-    fn new(ctx: ServeContext) -> Self {
-        let info = ctx.model.info();
-        ctx.metrics.set_model(&info.name, &info.version);
-        let routes = handler::Routes::new(&ctx);
-        for shadowed in routes.shadowed_custom_routes() {
-            warn!(ctx.log, "custom route shadowed by a built-in route"; "path" => shadowed);
+    fn new(ctx: Arc<ServeContext>) -> Self {
+        let mut router = router::Router::default();
+        for protocol in crate::protocol::all() {
+            router.add(protocol.name(), protocol.routes(&ctx.models, &ctx.settings));
         }
-        let schema = (!info.features.is_empty()).then(|| mldeploy_model::Schema::new(info.features.clone()));
-        let cached = handler::Cached::new(info);
+        for shadowed in router.shadowed() {
+            warn!(ctx.log, "route shadowed by a route of the server or another protocol"; "path" => shadowed);
+        }
         let cors = handler::Cors::new(&ctx.settings.cors_origins);
+        let unmatched_key = ctx.models.single().map_or_else(ModelKey::none, |e| e.metric_key.clone());
         let max_requests = ctx.worker.as_ref().map_or(0, |w| w.max_requests());
         let start =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let id_prefix = format!("{:x}-{:x}-", std::process::id(), start);
         Self {
             ctx,
-            routes,
-            cached,
+            router,
             cors,
-            schema,
+            unmatched_key,
             epoch: Instant::now(),
             drain_started: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
             drain_begun: Notify::new(),
             open: AtomicUsize::new(0),
             all_closed: Notify::new(),
@@ -327,7 +266,7 @@ impl Server {
     }
 
     pub(crate) fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.ctx.draining()
     }
 
     /// When the drain began, if it has.
@@ -345,7 +284,7 @@ impl Server {
 
     fn start_drain(&self) {
         self.drain_started.store(self.now_nanos(), Ordering::Relaxed);
-        self.draining.store(true, Ordering::Relaxed);
+        self.ctx.start_draining();
         self.drain_begun.notify_waiters();
     }
 

@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mldeploy_model::{
     CustomRoute, Dtype, Feature, FeatureValues, FeedbackInput, MetricValue, Model, ModelError, ModelInfo,
-    PredictInput, Response, RouteResponse,
+    PredictInput, Response, RouteResponse, Target,
 };
 use mldeploy_prefork::Stop;
 use serde_json::{json, Value};
 
-use super::{serve, HttpSettings, ServeContext};
+use super::serve;
 use crate::events::Events;
 use crate::metrics::{Metrics, MetricsSettings};
+use crate::registry::{ModelSource, Registry};
+use crate::service::{HttpSettings, ServeContext};
 
 /// Every wait of these tests is bounded by this.
 const WAIT: Duration = Duration::from_secs(10);
@@ -57,6 +59,7 @@ fn fake_info(with_schema: bool) -> ModelInfo {
         features,
         outputs: json!({"target": "y"}),
         sample: json!({"data": [[1, "a"]], "names": ["x", "c"]}),
+        ..ModelInfo::default()
     }
 }
 
@@ -77,7 +80,10 @@ impl Model for Fake {
                     })).collect::<Vec<_>>(),
                 })
             });
-            return Ok(Response { target: json!({"form": form, "body": input.body}), ..Default::default() });
+            return Ok(Response {
+                target: Target::Json(json!({"form": form, "body": input.body})),
+                ..Default::default()
+            });
         };
         let mldeploy_model::Column::Numeric(x) = &table.columns[0] else { unreachable!() };
         if x.contains(&7.0) {
@@ -87,7 +93,7 @@ impl Model for Fake {
             return Err(ModelError::Internal("secret internal text".into()));
         }
         let y: Vec<f64> = x.iter().map(|v| v * 2.0).collect();
-        Ok(Response { target: json!({"y_predicted": y}), input: input.body.clone(), ..Default::default() })
+        Ok(Response::json(json!({"y_predicted": y}), input.body.clone()))
     }
 
     fn supports_feedback(&self) -> bool {
@@ -96,7 +102,9 @@ impl Model for Fake {
 
     fn feedback(&self, input: &FeedbackInput) -> Result<Response, ModelError> {
         Ok(Response {
-            target: json!({"rows": input.table.as_ref().map(|t| t.n_rows), "y_true": input.y_true}),
+            target: Target::Json(
+                json!({"rows": input.table.as_ref().map(|t| t.n_rows), "y_true": input.y_true}),
+            ),
             list_metrics: vec![MetricValue::gauge("accuracy", 1.0)],
             ..Default::default()
         })
@@ -164,24 +172,26 @@ impl TestServer {
     fn start_with(listener: TcpListener, with_schema: bool, settings: HttpSettings, events: Events) -> Self {
         let (started_tx, started_rx) = crossbeam_channel::unbounded();
         let (release_tx, release_rx) = crossbeam_channel::unbounded();
-        let model = Arc::new(Fake {
+        let model: Arc<dyn Model> = Arc::new(Fake {
             info: fake_info(with_schema),
             slow_started: started_tx,
             slow_release: release_rx,
         });
         let addr = listener.local_addr().unwrap();
         let access = Arc::new(Mutex::new(Vec::new()));
-        let ctx = ServeContext {
-            model,
+        let models = Registry::new(vec![(model, ModelSource::default())], &settings.api_prefix).unwrap();
+        let ctx = ServeContext::new(
+            models,
             events,
-            metrics: Metrics::private(&MetricsSettings { max_series: 100 }),
-            worker: None,
-            log: slog::Logger::root(slog::Discard, slog::o!()),
-            access_log: slog::Logger::root(Capture(access.clone()), slog::o!()),
+            Metrics::private(&MetricsSettings { max_series: 100 }),
+            None,
+            None,
+            slog::Logger::root(slog::Discard, slog::o!()),
+            slog::Logger::root(Capture(access.clone()), slog::o!()),
             settings,
-        };
+        );
         let (stop, stop_rx) = crossbeam_channel::unbounded();
-        let thread = std::thread::spawn(move || serve(vec![listener], ctx, stop_rx));
+        let thread = std::thread::spawn(move || serve(vec![listener], Arc::new(ctx), stop_rx));
         Self { addr, stop, thread: Some(thread), slow_started: started_rx, release: release_tx, access }
     }
 
@@ -901,8 +911,7 @@ fn with_events_on_responses_list_the_route_topic() {
     };
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let stats = Arc::new(Metrics::private(&MetricsSettings { max_series: 100 }));
-    let (events, producer) =
-        crate::events::start(&event_settings, crate::events::ModelTag::default(), log, stats);
+    let (events, producer) = crate::events::start(&event_settings, log, stats);
     assert!(events.enabled());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = TestServer::start_with(listener, true, settings(), events);

@@ -26,12 +26,13 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{fence, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use mldeploy_model::{MetricDesc, MetricKind, MetricsSink, Model};
+use mldeploy_prefork::RestartReason;
 
-use store::{Family, FamilySpec, Key, Kind, Store, MAX_KEY_WORDS};
+use store::{Family, FamilySpec, Key, Kind, Store};
 
 /// Settings of the metric store.
 #[derive(Debug, Clone)]
@@ -114,9 +115,6 @@ impl std::error::Error for MetricsError {}
 /// Upper bounds of `mldeploy_request_duration_seconds`: 100 µs to 10 s, roughly 1-2.5-5 steps.
 pub const REQUEST_BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-/// Worker restart reasons that are rendered (as 0) before they first happen.
-const RESTART_REASONS: [&str; 5] = ["crash", "timeout", "max_requests", "reload", "scale"];
 
 /// Model-declared families share an arena big enough for this many families with labels at
 /// the series limit (families without labels take a few dozen words each).
@@ -210,28 +208,19 @@ struct Builtins {
     model_errors: Family,
 }
 
-/// The model labels of this process, readable without a lock (a sequence lock: writers are
-/// rare and serialised by a mutex; readers retry if a write overlapped their copy).
-struct ModelLabels {
-    seq: AtomicU64,
-    len: AtomicU64,
-    words: [AtomicU64; MAX_KEY_WORDS],
-    writer: Mutex<()>,
-}
+/// The `model` and `version` labels of one model, encoded once: the first labels of every
+/// family that carries them.
+#[derive(Clone)]
+pub struct ModelKey(Key);
 
-impl ModelLabels {
-    fn new() -> ModelLabels {
-        let labels = ModelLabels {
-            seq: AtomicU64::new(0),
-            len: AtomicU64::new(0),
-            words: std::array::from_fn(|_| AtomicU64::new(0)),
-            writer: Mutex::new(()),
-        };
-        labels.set("", "");
-        labels
+impl ModelKey {
+    /// Empty labels, for requests that concern no model.
+    pub fn none() -> ModelKey {
+        ModelKey::new("", "")
     }
 
-    fn set(&self, name: &str, version: &str) {
+    /// The labels of a model.
+    pub fn new(name: &str, version: &str) -> ModelKey {
         let mut key = Key::new();
         key.push(name);
         key.push(version);
@@ -241,33 +230,7 @@ impl ModelLabels {
             key.push(store::OVERFLOW_VALUE);
             key.push(store::OVERFLOW_VALUE);
         }
-        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let s = self.seq.load(Ordering::Relaxed);
-        self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::Release);
-        self.len.store(key.len() as u64, Ordering::Relaxed);
-        for (i, w) in self.words.iter().enumerate() {
-            w.store(key.words().get(i).copied().unwrap_or(0), Ordering::Relaxed);
-        }
-        self.seq.store(s.wrapping_add(2), Ordering::Release);
-    }
-
-    /// Make `key` hold `model, version`, the first labels of the families that carry them.
-    fn fill(&self, key: &mut Key) {
-        loop {
-            let s1 = self.seq.load(Ordering::Acquire);
-            if s1 & 1 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let len = usize::try_from(self.len.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
-            let loaded = key.load(&self.words, len);
-            fence(Ordering::Acquire);
-            if loaded && self.seq.load(Ordering::Relaxed) == s1 {
-                return;
-            }
-            *key = Key::new();
-        }
+        ModelKey(key)
     }
 }
 
@@ -275,7 +238,6 @@ struct Inner {
     store: Store,
     fam: Builtins,
     enabled: bool,
-    model: ModelLabels,
     /// This process's in-flight word, claimed at its first request (after the fork).
     inflight: OnceLock<&'static AtomicU64>,
 }
@@ -356,18 +318,11 @@ impl Metrics {
             events: next(),
             model_errors: next(),
         };
-        let metrics = Metrics {
-            inner: Arc::new(Inner {
-                store,
-                fam,
-                enabled,
-                model: ModelLabels::new(),
-                inflight: OnceLock::new(),
-            }),
-        };
+        let metrics = Metrics { inner: Arc::new(Inner { store, fam, enabled, inflight: OnceLock::new() }) };
         // Series that should read 0 before anything happens.
-        for reason in RESTART_REASONS {
-            metrics.add_with(&fam.restarts, &[reason], 0);
+        // Every restart reason reads 0 before it first happens.
+        for reason in RestartReason::ALL.into_iter().filter(|r| r.is_restart()) {
+            metrics.add_with(&fam.restarts, &[reason.as_str()], 0);
         }
         metrics.add_with(&fam.reloads, &["ok"], 0);
         metrics.add_with(&fam.reloads, &["failed"], 0);
@@ -390,11 +345,6 @@ impl Metrics {
         self.store().add_int(f, entry, n);
     }
 
-    /// Set the model labels this worker reports with.
-    pub fn set_model(&self, name: &str, version: &str) {
-        self.inner.model.set(name, version);
-    }
-
     /// A request has started.
     pub fn request_started(&self) -> InFlight {
         if !self.inner.enabled {
@@ -407,14 +357,13 @@ impl Metrics {
         InFlight { slot: Some(slot) }
     }
 
-    /// A request has ended. `route` is the route template (never the raw path).
-    pub fn request_finished(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    /// A request about `model` has ended. `route` is the route template (never the raw path).
+    pub fn request_finished(&self, model: &ModelKey, method: &str, route: &str, status: u16, seconds: f64) {
         if !self.inner.enabled {
             return;
         }
         let f = &self.inner.fam.requests;
-        let mut key = Key::new();
-        self.inner.model.fill(&mut key);
+        let mut key = model.0.clone();
         key.push(method);
         key.push(route);
         key.push_status(status);
@@ -422,15 +371,13 @@ impl Metrics {
         self.store().observe(f, entry, seconds);
     }
 
-    /// Rows predicted.
-    pub fn predictions(&self, rows: u64) {
+    /// Rows `model` predicted.
+    pub fn predictions(&self, model: &ModelKey, rows: u64) {
         if !self.inner.enabled {
             return;
         }
         let f = &self.inner.fam.predictions;
-        let mut key = Key::new();
-        self.inner.model.fill(&mut key);
-        let entry = self.store().series(f, &key);
+        let entry = self.store().series(f, &model.0);
         self.store().add_int(f, entry, rows);
     }
 
@@ -441,7 +388,7 @@ impl Metrics {
         }
     }
 
-    /// Master: a worker restart by reason (`crash`, `timeout`, `max_requests`, `reload`, `scale`).
+    /// Master: a worker restart by reason ([`RestartReason::as_str`]).
     pub fn worker_restart(&self, reason: &str) {
         if self.inner.enabled {
             self.add_with(&self.inner.fam.restarts, &[reason], 1);
@@ -572,20 +519,20 @@ impl Metrics {
         Arc::new(sink::ModelSink::new(self.clone()))
     }
 
-    /// Render the whole server's metrics (only when scraped). With `model`, its declared
-    /// metrics are declared if no worker did yet, and its scrape-time gauges are added.
-    pub fn render(&self, format: Format, model: Option<&dyn Model>) -> String {
+    /// Render the whole server's metrics (only when scraped). The metrics each of `models`
+    /// declares are declared if no worker did yet, and their scrape-time gauges are added.
+    pub fn render(&self, format: Format, models: &[&dyn Model]) -> String {
         if !self.inner.enabled {
             return render::empty(format);
         }
-        if let Some(m) = model {
+        for m in models {
             for desc in m.metrics() {
                 if self.store().lookup(family_name(&desc)).is_none() {
                     let _ = self.declare(&desc);
                 }
             }
         }
-        let gauges = model.map(|m| m.scrape_gauges()).unwrap_or_default();
+        let gauges: Vec<_> = models.iter().flat_map(|m| m.scrape_gauges()).collect();
         render::render(self, format, &gauges)
     }
 

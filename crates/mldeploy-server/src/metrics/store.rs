@@ -183,20 +183,6 @@ impl Key {
         Key { words: [0; MAX_KEY_WORDS], len: 0, overlong: false }
     }
 
-    /// Make this empty key the `len` encoded bytes held in `src` (aligned: a plain word
-    /// copy); false if `len` does not fit.
-    pub fn load(&mut self, src: &[AtomicU64], len: usize) -> bool {
-        debug_assert!(self.len == 0 && self.words.iter().all(|w| *w == 0), "load needs an empty key");
-        if len > MAX_KEY_BYTES || len.div_ceil(8) > src.len() {
-            return false;
-        }
-        for (d, s) in self.words.iter_mut().zip(&src[..len.div_ceil(8)]) {
-            *d = s.load(Ordering::Relaxed);
-        }
-        self.len = len;
-        true
-    }
-
     /// Append one label value (and its separator).
     pub fn push(&mut self, value: &str) {
         let bytes = value.as_bytes();
@@ -990,16 +976,16 @@ mod tests {
         bytes.truncate(k.len());
         assert_eq!(bytes, b"GET\xff200\xffabcdefghij\xff\xff");
         assert_eq!(decode(&bytes), vec!["GET", "200", "abcdefghij", ""]);
-        // A prefix copied from atomic words continues like pushed values.
+        // A cloned prefix continues like values pushed in one go.
         let mut model = Key::new();
         model.push("model-name");
         model.push("1.0");
-        let atomics: Vec<AtomicU64> = model.words().iter().map(|w| AtomicU64::new(*w)).collect();
-        let mut joined = Key::new();
-        assert!(joined.load(&atomics, model.len()));
+        let mut joined = model.clone();
         joined.push("POST");
-        let mut direct = model.clone();
-        direct.push("POST");
+        let mut direct = Key::new();
+        for v in ["model-name", "1.0", "POST"] {
+            direct.push(v);
+        }
         assert_eq!(joined.words(), direct.words());
         assert_eq!(joined.len(), direct.len());
         let mut long = Key::new();

@@ -102,18 +102,18 @@ fn sum_of(samples: &[Sample], name: &str) -> f64 {
 #[test]
 fn concurrent_updates_add_up_exactly() {
     let m = metrics(64);
-    m.set_model("iris", "1.0");
+    let iris = ModelKey::new("iris", "1.0");
     let threads = 8;
     let per_thread = 20_000;
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let m = m.clone();
+            let (m, iris) = (m.clone(), iris.clone());
             std::thread::spawn(move || {
                 for i in 0..per_thread {
                     let status = if i % 4 == 0 { 422 } else { 200 };
                     let route = if t % 2 == 0 { "/api/ml/predict" } else { "/api/ml/feedback" };
-                    m.request_finished("POST", route, status, 0.001);
-                    m.predictions(2);
+                    m.request_finished(&iris, "POST", route, status, 0.001);
+                    m.predictions(&iris, 2);
                     m.validation_failure(if i % 2 == 0 { "range" } else { "missing" });
                 }
             })
@@ -122,7 +122,7 @@ fn concurrent_updates_add_up_exactly() {
     for h in handles {
         h.join().unwrap();
     }
-    let s = parse(&m.render(Format::Prometheus, None));
+    let s = parse(&m.render(Format::Prometheus, &[]));
     let total = (threads * per_thread) as f64;
     assert_eq!(sum_of(&s, "mldeploy_requests_total"), total);
     fn labels<'a>(route: &'a str, status: &'a str) -> [(&'a str, &'a str); 5] {
@@ -179,7 +179,7 @@ fn racing_claims_of_new_label_sets_make_one_series_each() {
     for h in handles {
         h.join().unwrap();
     }
-    let s = parse(&m.render(Format::Prometheus, None));
+    let s = parse(&m.render(Format::Prometheus, &[]));
     let series: Vec<&Sample> = s.iter().filter(|x| x.name == "mldeploy_validation_failures_total").collect();
     assert_eq!(series.len(), 300);
     assert!(series.iter().all(|x| x.value == "8"), "{series:?}");
@@ -196,7 +196,7 @@ fn label_sets_beyond_the_limit_fold_into_the_overflow_series() {
     // A label text over 256 bytes overflows too, even below the limit.
     let m2 = metrics(4);
     m2.validation_failure(&"x".repeat(300));
-    let s = parse(&m.render(Format::Prometheus, None));
+    let s = parse(&m.render(Format::Prometheus, &[]));
     let series: Vec<&Sample> = s.iter().filter(|x| x.name == "mldeploy_validation_failures_total").collect();
     assert_eq!(series.len(), 5, "{series:?}");
     for i in 0..4 {
@@ -211,14 +211,14 @@ fn label_sets_beyond_the_limit_fold_into_the_overflow_series() {
         Some(folded)
     );
     assert_eq!(sum_of(&s, "mldeploy_validation_failures_total"), 55.0);
-    let s2 = parse(&m2.render(Format::Prometheus, None));
+    let s2 = parse(&m2.render(Format::Prometheus, &[]));
     assert_eq!(value_of(&s2, "mldeploy_validation_failures_total", &[("reason", "__overflow__")]), Some(1.0));
     // Requests fold with every label at __overflow__.
     let m3 = metrics(2);
     for route in ["/a", "/b", "/c"] {
-        m3.request_finished("GET", route, 200, 0.01);
+        m3.request_finished(&ModelKey::none(), "GET", route, 200, 0.01);
     }
-    let s3 = parse(&m3.render(Format::Prometheus, None));
+    let s3 = parse(&m3.render(Format::Prometheus, &[]));
     let all = [
         ("method", "__overflow__"),
         ("route", "__overflow__"),
@@ -234,9 +234,8 @@ fn label_values_and_help_are_escaped() {
     let m = metrics(8);
     let nasty = "a\"b\\c\nd";
     m.validation_failure(nasty);
-    m.set_model("m\"x", "v\\1");
-    m.predictions(1);
-    let text = m.render(Format::Prometheus, None);
+    m.predictions(&ModelKey::new("m\"x", "v\\1"), 1);
+    let text = m.render(Format::Prometheus, &[]);
     assert!(text.contains(r#"reason="a\"b\\c\nd""#), "{text}");
     assert!(text.lines().all(|l| !l.is_empty()));
     let s = parse(&text);
@@ -292,7 +291,7 @@ fn model_declared_metrics_are_recorded_and_rendered() {
     sink.counter_add("model_cache_hits_total", &[], -1.0);
     sink.enum_set("model_state", &[], "asleep");
 
-    let s = parse(&m.render(Format::Prometheus, None));
+    let s = parse(&m.render(Format::Prometheus, &[]));
     assert_eq!(value_of(&s, "model_queue_depth", &[("queue", "in")]), Some(3.5));
     assert_eq!(value_of(&s, "model_cache_hits_total", &[]), Some(2.5));
     assert_eq!(value_of(&s, "model_score_bucket", &[("class", "cat"), ("le", "0.5")]), Some(0.0));
@@ -309,7 +308,7 @@ fn model_declared_metrics_are_recorded_and_rendered() {
     assert_eq!(err("value"), Some(1.0));
     assert_eq!(err("state"), Some(1.0));
 
-    let text = m.render(Format::OpenMetrics, None);
+    let text = m.render(Format::OpenMetrics, &[]);
     assert!(text.contains("# TYPE model_state stateset\n"), "{text}");
     assert!(text.contains("# TYPE model_cache_hits counter\n"), "{text}");
     assert!(text.contains("# TYPE mldeploy_requests counter\n"), "{text}");
@@ -383,7 +382,7 @@ fn server_lifecycle_metrics_render() {
     m.sent("predict");
     m.delivered("predict");
     m.dropped("feedback");
-    let s = parse(&m.render(Format::Prometheus, None));
+    let s = parse(&m.render(Format::Prometheus, &[]));
     assert_eq!(value_of(&s, "mldeploy_workers_alive", &[]), Some(4.0));
     assert_eq!(value_of(&s, "mldeploy_worker_restarts_total", &[("reason", "crash")]), Some(2.0));
     assert_eq!(value_of(&s, "mldeploy_worker_restarts_total", &[("reason", "reload")]), Some(1.0));
@@ -411,7 +410,7 @@ fn server_lifecycle_metrics_render() {
 fn in_flight_counts_open_guards_of_live_processes() {
     let m = metrics(8);
     let gauge = |m: &Metrics| {
-        value_of(&parse(&m.render(Format::Prometheus, None)), "mldeploy_requests_in_flight", &[])
+        value_of(&parse(&m.render(Format::Prometheus, &[])), "mldeploy_requests_in_flight", &[])
     };
     assert_eq!(gauge(&m), Some(0.0));
     let a = m.request_started();
@@ -460,16 +459,10 @@ fn scrape_gauges_of_the_model_are_rendered() {
             ]
         }
     }
-    let model = M(ModelInfo {
-        name: "m".into(),
-        version: "1".into(),
-        kind: "custom".into(),
-        features: vec![],
-        outputs: serde_json::Value::Null,
-        sample: serde_json::Value::Null,
-    });
+    let model =
+        M(ModelInfo { name: "m".into(), version: "1".into(), kind: "custom".into(), ..ModelInfo::default() });
     let m = metrics(8);
-    let text = m.render(Format::Prometheus, Some(&model));
+    let text = m.render(Format::Prometheus, &[&model]);
     let s = parse(&text);
     assert_eq!(value_of(&s, "mldeploy_feedback_accuracy", &[]), Some(0.9));
     assert_eq!(value_of(&s, "mldeploy_feedback_f1", &[("class", "b")]), Some(0.7));
@@ -493,16 +486,16 @@ fn formats_follow_the_accept_header() {
 #[test]
 fn disabled_metrics_record_nothing() {
     let m = Metrics::disabled();
-    m.request_finished("GET", "/x", 200, 0.1);
+    m.request_finished(&ModelKey::none(), "GET", "/x", 200, 0.1);
     let _g = m.request_started();
-    assert_eq!(m.render(Format::Prometheus, None), "");
-    assert_eq!(m.render(Format::OpenMetrics, None), "# EOF\n");
+    assert_eq!(m.render(Format::Prometheus, &[]), "");
+    assert_eq!(m.render(Format::OpenMetrics, &[]), "# EOF\n");
 }
 
 /// A populated store, for the parser checks.
 fn populated() -> Metrics {
     let m = metrics(16);
-    m.set_model("iris", "1.0");
+    let iris = ModelKey::new("iris", "1.0");
     for d in model_descs() {
         m.declare(&d).unwrap();
     }
@@ -511,9 +504,9 @@ fn populated() -> Metrics {
     sink.counter_add("model_cache_hits_total", &[], 1.0);
     sink.histogram_observe("model_score", &["x"], 0.2);
     sink.enum_set("model_state", &[], "degraded");
-    m.request_finished("POST", "/api/ml/predict", 200, 0.0003);
-    m.request_finished("GET", "/metrics", 200, 0.002);
-    m.predictions(3);
+    m.request_finished(&iris, "POST", "/api/ml/predict", 200, 0.0003);
+    m.request_finished(&iris, "GET", "/metrics", 200, 0.002);
+    m.predictions(&iris, 3);
     m.validation_failure("line\nbreak \\ \"quoted\"");
     m.worker_restart("crash");
     m.sent("predict");
@@ -577,12 +570,12 @@ print(n)
 #[test]
 fn expositions_parse_with_prometheus_client() {
     let m = populated();
-    let text = m.render(Format::Prometheus, None);
+    let text = m.render(Format::Prometheus, &[]);
     let mine = parse(&text);
     if let Some(n) = python_parse(&text, false) {
         assert_eq!(n, mine.len().to_string(), "sample counts differ:\n{text}");
     }
-    let om = m.render(Format::OpenMetrics, None);
+    let om = m.render(Format::OpenMetrics, &[]);
     let mine_om = parse(&om);
     if let Some(n) = python_parse(&om, true) {
         assert_eq!(n, mine_om.len().to_string(), "sample counts differ:\n{om}");

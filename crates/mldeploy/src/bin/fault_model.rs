@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mldeploy_model::{LoadContext, Model, ModelError, ModelInfo, PredictInput, Response};
+use mldeploy_model::{LoadContext, Model, ModelError, ModelInfo, PredictInput, Response, Target};
 use serde_json::{json, Value};
 
 /// The same allocator as the `mldeploy` command, so failures are rehearsed on the same memory
@@ -60,12 +60,12 @@ impl Model for FaultModel {
             let fields: serde_json::Map<String, Value> =
                 form.fields.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
             return Ok(Response {
-                target: json!({ "fields": fields, "files": files }),
+                target: Target::Json(json!({ "fields": fields, "files": files })),
                 ..Response::default()
             });
         }
         let data = body.get("data").cloned().unwrap_or(Value::Null);
-        Ok(Response { target: json!({ "y_predicted": data }), input: data, ..Response::default() })
+        Ok(Response::json(json!({ "y_predicted": data }), data))
     }
 }
 
@@ -78,9 +78,8 @@ fn load(_path: Option<&Path>, _ctx: &LoadContext) -> Result<Arc<dyn Model>, Mode
         name: "fault-model".into(),
         version: "1".into(),
         kind: "custom".into(),
-        features: Vec::new(),
-        outputs: Value::Null,
         sample: json!({ "data": [1, 2, 3] }),
+        ..ModelInfo::default()
     };
     Ok(Arc::new(FaultModel { info }))
 }

@@ -6,6 +6,7 @@ use mldeploy_model::{Dtype, Feature};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::engine::{self, EngineKinds, Task};
 use crate::error::Error;
 
 /// The `format` value of packages this crate reads.
@@ -21,17 +22,23 @@ pub struct Manifest {
     pub name: String,
     /// Model version.
     pub version: String,
-    /// Model kind: `linear_regression`, `logistic_regression`, `mlp_classifier` or
-    /// `mlp_regressor`.
+    /// Model kind, which picks the engine: `linear_regression`, `logistic_regression`,
+    /// `mlp_classifier`, `mlp_regressor`, ... (docs/model-package.md lists them).
     pub kind: String,
+    /// Where the model's ml-deploy routes live when the server serves several models
+    /// (default `/<name>/api/ml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_prefix: Option<String>,
     /// Input features in the order clients send them (the request schema).
     pub features: Vec<Feature>,
     /// How the features become the model's input columns; the steps' outputs are placed side
     /// by side in this order. Empty: every feature as it is.
     #[serde(default)]
     pub preprocessing: Vec<Step>,
-    /// Number of dense layers in `model.safetensors` (`layers.0` .. `layers.{n-1}`).
-    pub layers: usize,
+    /// Dense kinds: the number of dense layers in `model.safetensors` (`layers.0` ..
+    /// `layers.{n-1}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
     /// Hidden-layer activation of an MLP: `identity`, `logistic`, `tanh` or `relu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<String>,
@@ -104,90 +111,10 @@ pub struct Output {
     pub target: Option<String>,
 }
 
-/// The built-in model kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Ordinary least squares: one linear layer, identity output.
-    LinearRegression,
-    /// One linear layer; sigmoid output for two classes, softmax for more.
-    LogisticRegression,
-    /// Dense layers with a hidden activation; logistic output for two classes, softmax for more.
-    MlpClassifier,
-    /// Dense layers with a hidden activation; identity output.
-    MlpRegressor,
-}
-
-impl Kind {
-    /// Every kind, as named in manifests.
-    pub const NAMES: [&'static str; 4] =
-        ["linear_regression", "logistic_regression", "mlp_classifier", "mlp_regressor"];
-
-    /// Parse a manifest's `kind`.
-    pub fn parse(name: &str) -> Option<Kind> {
-        match name {
-            "linear_regression" => Some(Kind::LinearRegression),
-            "logistic_regression" => Some(Kind::LogisticRegression),
-            "mlp_classifier" => Some(Kind::MlpClassifier),
-            "mlp_regressor" => Some(Kind::MlpRegressor),
-            _ => None,
-        }
-    }
-
-    /// The name used in manifests.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::LinearRegression => "linear_regression",
-            Kind::LogisticRegression => "logistic_regression",
-            Kind::MlpClassifier => "mlp_classifier",
-            Kind::MlpRegressor => "mlp_regressor",
-        }
-    }
-
-    /// Whether the kind predicts classes.
-    pub fn is_classifier(self) -> bool {
-        matches!(self, Kind::LogisticRegression | Kind::MlpClassifier)
-    }
-
-    fn is_mlp(self) -> bool {
-        matches!(self, Kind::MlpClassifier | Kind::MlpRegressor)
-    }
-}
-
-/// Hidden-layer activations of MLPs (sklearn's names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `f(x) = x`.
-    Identity,
-    /// `f(x) = 1 / (1 + exp(-x))`.
-    Logistic,
-    /// `f(x) = tanh(x)`.
-    Tanh,
-    /// `f(x) = max(x, 0)`.
-    Relu,
-}
-
-impl Activation {
-    /// Every activation, as named in manifests.
-    pub const NAMES: [&'static str; 4] = ["identity", "logistic", "tanh", "relu"];
-
-    /// Parse a manifest's `activation`.
-    pub fn parse(name: &str) -> Option<Activation> {
-        match name {
-            "identity" => Some(Activation::Identity),
-            "logistic" => Some(Activation::Logistic),
-            "tanh" => Some(Activation::Tanh),
-            "relu" => Some(Activation::Relu),
-            _ => None,
-        }
-    }
-}
-
 /// A manifest whose parts have been checked against each other.
-#[derive(Debug, Clone)]
 pub(crate) struct Checked {
-    pub kind: Kind,
-    /// The MLP hidden activation (`Identity` for the linear kinds, which have no hidden layer).
-    pub activation: Activation,
+    /// The engine that computes the kind.
+    pub engine: &'static dyn EngineKinds,
     /// The preprocessing steps (an empty list replaced by a passthrough of every feature).
     pub steps: Vec<Step>,
     /// Width of the model's input matrix.
@@ -242,26 +169,15 @@ impl Manifest {
         if self.name.trim().is_empty() || self.version.trim().is_empty() {
             return bad("model name and version must not be empty".into());
         }
-        let Some(kind) = Kind::parse(&self.kind) else {
-            return bad(format!("unknown model kind {:?} (known: {})", self.kind, Kind::NAMES.join(", ")));
+        let Some((engine, task)) = engine::find(&self.kind) else {
+            return bad(format!(
+                "unknown model kind {:?} (known: {})",
+                self.kind,
+                engine::known_kinds().join(", ")
+            ));
         };
-        let activation = match (&self.activation, kind.is_mlp()) {
-            (Some(name), true) => Activation::parse(name).ok_or_else(|| {
-                Error::Manifest(format!(
-                    "unknown activation {name:?} (known: {})",
-                    Activation::NAMES.join(", ")
-                ))
-            })?,
-            (None, true) => return bad(format!("kind {} needs an activation", kind.as_str())),
-            (Some(_), false) => return bad(format!("kind {} takes no activation", kind.as_str())),
-            (None, false) => Activation::Identity,
-        };
-        if self.layers == 0 {
-            return bad("layers must be at least 1".into());
-        }
-        if !kind.is_mlp() && self.layers != 1 {
-            return bad(format!("kind {} has exactly 1 layer, not {}", kind.as_str(), self.layers));
-        }
+        engine.check(self, &self.kind)?;
+        let kind = self.kind.as_str();
 
         if self.features.is_empty() {
             return bad("no features".into());
@@ -273,7 +189,7 @@ impl Manifest {
             }
         }
 
-        let classes = match (kind.is_classifier(), &self.output.classes) {
+        let classes = match (task == Task::Classification, &self.output.classes) {
             (true, Some(classes)) => {
                 if classes.len() < 2 {
                     return bad(format!(
@@ -284,9 +200,9 @@ impl Manifest {
                 distinct_labels("output.classes", classes)?;
                 Some(classes.clone())
             }
-            (true, None) => return bad(format!("kind {} needs output.classes", kind.as_str())),
+            (true, None) => return bad(format!("kind {kind} needs output.classes")),
             (false, Some(_)) => {
-                return bad(format!("kind {} is a regressor: output.classes is not allowed", kind.as_str()))
+                return bad(format!("kind {kind} is a regressor: output.classes is not allowed"))
             }
             (false, None) => None,
         };
@@ -365,6 +281,6 @@ impl Manifest {
             n_inputs += width;
         }
 
-        Ok(Checked { kind, activation, steps, n_inputs, width_breakdown: breakdown.join("; "), classes })
+        Ok(Checked { engine, steps, n_inputs, width_breakdown: breakdown.join("; "), classes })
     }
 }

@@ -1,70 +1,40 @@
-//! The built-in model: preprocessing, the network, labels, responses and feedback.
+//! A model loaded from a package: preprocessing, the kind's engine, labels, typed outputs and
+//! feedback figures, the same for every engine.
 
 use mldeploy_model::{
-    Column, Dtype, FeatureValues, FeedbackInput, LoadContext, Model, ModelError, ModelInfo, PredictInput,
-    Response, RowError, ScrapedGauge, Table,
+    ClassLabels, Datatype, Dtype, FeatureValues, FeedbackInput, LoadContext, Model, ModelError, ModelInfo,
+    Output, PredictInput, Response, Role, RowError, ScrapedGauge, Table, Target, Tensor, TensorSpec,
 };
 use serde_json::{json, Value};
 
+use crate::engine::{Engine, Prediction};
 use crate::error::Error;
 use crate::feedback::{fingerprint, FeedbackStore, Figures, Layout};
-use crate::manifest::{Kind, Manifest};
-use crate::network::Network;
-use crate::package::build_network;
+use crate::files::PackageFiles;
+use crate::manifest::Manifest;
 use crate::preprocess::{Categories, Preprocessor};
-
-/// How a classifier turns the last layer into a class, exactly as sklearn's `predict`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LabelRule {
-    /// LogisticRegression, two classes: the second class when the score is above 0.
-    ScoreSign,
-    /// LogisticRegression, more classes: the highest score (first on ties).
-    ScoreArgmax,
-    /// MLPClassifier, two classes: the second class when its probability is above 0.5.
-    ProbabilityThreshold,
-    /// MLPClassifier, more classes: the highest probability (first on ties).
-    ProbabilityArgmax,
-}
 
 #[derive(Debug, Clone)]
 enum Task {
     Regressor,
-    Classifier { classes: Vec<Value>, lookup: Categories, rule: LabelRule },
+    Classifier { classes: ClassLabels, lookup: Categories },
 }
 
-/// What the model computed for a table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prediction {
-    /// Number of rows.
-    pub n_rows: usize,
-    /// Classifiers: the index of the predicted class of each row.
-    pub labels: Option<Vec<usize>>,
-    /// Regressors: the predicted value of each row.
-    pub values: Option<Vec<f64>>,
-    /// Classifiers: row-major `[n_rows, n_classes]` class probabilities.
-    pub probabilities: Option<Vec<f64>>,
-}
-
-/// A model loaded from a package: one of the built-in kinds.
+/// A model loaded from a package, whatever its engine.
 #[derive(Debug)]
-pub struct BuiltinModel {
+pub struct PackageModel {
     info: ModelInfo,
     manifest: Manifest,
     task: Task,
     preprocessor: Preprocessor,
-    network: Network,
+    engine: Box<dyn Engine>,
     feedback: FeedbackStore,
 }
 
-fn argmax(row: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best
-}
+/// The output names of scikit-learn's methods, as Seldon MLServer's scikit-learn runtime names
+/// its outputs too.
+const PREDICT: &str = "predict";
+const PREDICT_PROBA: &str = "predict_proba";
 
 fn number(x: f64) -> Value {
     serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
@@ -101,44 +71,58 @@ fn default_sample(manifest: &Manifest) -> Value {
     json!({ "data": [row], "names": names })
 }
 
-impl BuiltinModel {
-    /// Build a model from a manifest and the bytes of its safetensors file, checking that they
-    /// fit together; the feedback figures go into `ctx.shared`.
-    pub fn from_parts(manifest: Manifest, weights: &[u8], ctx: &LoadContext) -> Result<Self, Error> {
+impl PackageModel {
+    /// Build a model from a manifest and the package's other files, checking that they fit
+    /// together; the feedback figures go into `ctx.shared`.
+    pub(crate) fn from_parts(
+        manifest: Manifest,
+        files: &dyn PackageFiles,
+        ctx: &LoadContext,
+    ) -> Result<Self, Error> {
         let checked = manifest.check()?;
-        let network = build_network(&manifest, &checked, weights)?;
+        let engine = checked.engine.load(&manifest, &checked, files, ctx)?;
         let preprocessor = Preprocessor::new(&manifest.features, &checked.steps);
-        debug_assert_eq!(preprocessor.n_inputs(), network.n_inputs);
 
         let task = match &checked.classes {
             None => Task::Regressor,
-            Some(classes) => {
-                let rule = match (checked.kind, classes.len()) {
-                    (Kind::LogisticRegression, 2) => LabelRule::ScoreSign,
-                    (Kind::LogisticRegression, _) => LabelRule::ScoreArgmax,
-                    (_, 2) => LabelRule::ProbabilityThreshold,
-                    _ => LabelRule::ProbabilityArgmax,
-                };
-                Task::Classifier { classes: classes.clone(), lookup: Categories::new(classes), rule }
-            }
+            Some(classes) => Task::Classifier {
+                classes: ClassLabels::new(classes.clone()),
+                lookup: Categories::new(classes),
+            },
         };
 
-        let outputs = match &task {
-            Task::Regressor => json!({
-                "task": "regression",
-                "target": manifest.output.target.clone().unwrap_or_else(|| "y".into()),
-            }),
-            Task::Classifier { classes, .. } => json!({ "task": "classification", "classes": classes }),
+        let (outputs, output_tensors) = match &task {
+            Task::Regressor => (
+                json!({
+                    "task": "regression",
+                    "target": manifest.output.target.clone().unwrap_or_else(|| "y".into()),
+                }),
+                vec![TensorSpec { name: PREDICT.into(), datatype: Datatype::Fp64, shape: vec![-1] }],
+            ),
+            Task::Classifier { classes, .. } => (
+                json!({ "task": "classification", "classes": classes.as_json() }),
+                vec![
+                    TensorSpec { name: PREDICT.into(), datatype: classes.datatype(), shape: vec![-1] },
+                    TensorSpec {
+                        name: PREDICT_PROBA.into(),
+                        datatype: Datatype::Fp64,
+                        shape: vec![-1, classes.len() as i64],
+                    },
+                ],
+            ),
         };
         let sample =
             if manifest.sample.is_null() { default_sample(&manifest) } else { manifest.sample.clone() };
         let info = ModelInfo {
             name: manifest.name.clone(),
             version: manifest.version.clone(),
-            kind: checked.kind.as_str().to_string(),
+            kind: manifest.kind.clone(),
             features: manifest.features.clone(),
             outputs: outputs.clone(),
             sample,
+            api_prefix: manifest.api_prefix.clone(),
+            input_tensors: Vec::new(),
+            output_tensors,
         };
 
         let layout = match &task {
@@ -154,7 +138,7 @@ impl BuiltinModel {
         ]);
         let feedback = FeedbackStore::attach(ctx.shared, print, layout)?;
 
-        Ok(BuiltinModel { info, manifest, task, preprocessor, network, feedback })
+        Ok(PackageModel { info, manifest, task, preprocessor, engine, feedback })
     }
 
     /// The manifest the model was loaded from.
@@ -162,88 +146,42 @@ impl BuiltinModel {
         &self.manifest
     }
 
-    /// Predict every row of `table` (one matrix product per layer for the whole table).
+    /// Predict every row of `table`: the preprocessing builds one input matrix, the engine
+    /// computes the whole batch.
     pub fn predict_table(&self, table: &Table) -> Result<Prediction, Error> {
         self.preprocessor.check_table(table)?;
-        let n = table.n_rows;
         let inputs = self.preprocessor.matrix(table);
-        let forward = self.network.forward(inputs, n)?;
-        let Task::Classifier { classes, rule, .. } = &self.task else {
-            return Ok(Prediction {
-                n_rows: n,
-                labels: None,
-                values: Some(forward.scores),
-                probabilities: None,
-            });
-        };
-        let k = classes.len();
-        let activated = forward.activated.unwrap_or_default();
-        let probabilities: Vec<f64> =
-            if k == 2 { activated.iter().flat_map(|&p| [1.0 - p, p]).collect() } else { activated };
-        let labels = match rule {
-            LabelRule::ScoreSign => forward.scores.iter().map(|&s| usize::from(s > 0.0)).collect(),
-            LabelRule::ScoreArgmax => forward.scores.chunks_exact(k).map(argmax).collect(),
-            LabelRule::ProbabilityThreshold => {
-                probabilities.chunks_exact(2).map(|p| usize::from(p[1] > 0.5)).collect()
-            }
-            LabelRule::ProbabilityArgmax => probabilities.chunks_exact(k).map(argmax).collect(),
-        };
-        Ok(Prediction { n_rows: n, labels: Some(labels), values: None, probabilities: Some(probabilities) })
+        self.engine.predict(inputs, table.n_rows)
+    }
+
+    /// The typed outputs of a prediction: `predict` (labels or values) and, for classifiers,
+    /// `predict_proba`, as scikit-learn's methods of those names answer.
+    pub fn outputs(&self, p: Prediction) -> Vec<Output> {
+        match &self.task {
+            Task::Regressor => vec![Output {
+                name: PREDICT.into(),
+                role: Role::Values,
+                tensor: Tensor::fp64(p.values.unwrap_or_default()),
+            }],
+            Task::Classifier { classes, .. } => vec![
+                Output {
+                    name: PREDICT.into(),
+                    role: Role::Labels,
+                    tensor: classes.tensor(p.labels.as_deref().unwrap_or_default()),
+                },
+                Output {
+                    name: PREDICT_PROBA.into(),
+                    role: Role::Probabilities,
+                    tensor: Tensor::fp64_matrix(p.probabilities.unwrap_or_default(), classes.len()),
+                },
+            ],
+        }
     }
 
     /// The figures of all feedback recorded in the shared slots (every worker's), or `None`
     /// when another model has taken the slots over.
     pub fn feedback_figures(&self) -> Option<Figures> {
         self.feedback.figures()
-    }
-
-    /// The rows of `table` as arrays in schema order, for a response's `input` (ml-deploy
-    /// echoed its `X` the same way). Arrays rather than records: the feature names are in the
-    /// metadata once, not repeated in every row of every answer and event.
-    fn rows(&self, table: &Table) -> Value {
-        let features = &self.manifest.features;
-        let rows = (0..table.n_rows)
-            .map(|r| {
-                let row: Vec<Value> = features
-                    .iter()
-                    .zip(&table.columns)
-                    .map(|(f, column)| match column {
-                        Column::Category(v) => Value::String(v[r].clone()),
-                        Column::Numeric(v) => {
-                            let x = v[r];
-                            match f.dtype {
-                                Dtype::Bool => Value::Bool(x != 0.0),
-                                Dtype::Int if x.fract() == 0.0 && x.abs() < 9.0e15 => json!(x as i64),
-                                _ => number(x),
-                            }
-                        }
-                    })
-                    .collect();
-                Value::Array(row)
-            })
-            .collect();
-        Value::Array(rows)
-    }
-
-    fn target(&self, p: &Prediction) -> Value {
-        match &self.task {
-            Task::Regressor => {
-                json!({ "y_predicted": p.values.as_deref().unwrap_or_default().iter().map(|&x| number(x)).collect::<Vec<_>>() })
-            }
-            Task::Classifier { classes, .. } => {
-                let k = classes.len();
-                let labels: Vec<Value> =
-                    p.labels.as_deref().unwrap_or_default().iter().map(|&i| classes[i].clone()).collect();
-                let probabilities: Vec<Value> = p
-                    .probabilities
-                    .as_deref()
-                    .unwrap_or_default()
-                    .chunks_exact(k)
-                    .map(|row| Value::Array(row.iter().map(|&x| number(x)).collect()))
-                    .collect();
-                json!({ "y_predicted": labels, "probabilities": probabilities, "classes": classes })
-            }
-        }
     }
 }
 
@@ -287,7 +225,7 @@ fn source_row(table: &Table, i: usize) -> usize {
     table.source_rows.get(i).copied().unwrap_or(i)
 }
 
-impl Model for BuiltinModel {
+impl Model for PackageModel {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
@@ -295,12 +233,7 @@ impl Model for BuiltinModel {
     fn predict(&self, input: &PredictInput) -> Result<Response, ModelError> {
         let table = table_of(input.table.as_ref())?;
         let prediction = self.predict_table(table)?;
-        Ok(Response {
-            target: self.target(&prediction),
-            input: self.rows(table),
-            list_metrics: vec![],
-            topics: vec![],
-        })
+        Ok(Response { target: Target::outputs(self.outputs(prediction)), ..Response::default() })
     }
 
     fn supports_feedback(&self) -> bool {
@@ -329,7 +262,7 @@ impl Model for BuiltinModel {
                             "unknown_label",
                             format!(
                                 "row {row}: {field} {v} is not one of the classes {}",
-                                Value::from(classes.clone())
+                                Value::from(classes.as_json().to_vec())
                             ),
                         )
                     })
@@ -392,10 +325,9 @@ impl Model for BuiltinModel {
             target["total_feedback_rows"] = json!(f.rows());
         }
         Ok(Response {
-            target,
-            input: self.rows(table),
+            target: Target::Json(target),
             list_metrics: figures.map(|f| f.metric_values()).unwrap_or_default(),
-            topics: vec![],
+            ..Response::default()
         })
     }
 

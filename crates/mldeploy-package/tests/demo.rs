@@ -4,14 +4,14 @@ mod common;
 
 use std::path::Path;
 
-use common::{records_from_rows, table_from_records};
-use mldeploy_candle::BuiltinLoader;
+use common::{output, records_from_rows, table_from_records};
 use mldeploy_model::{LoadContext, ModelLoader, PredictInput};
+use mldeploy_package::PackageLoader;
 use serde_json::json;
 
 #[test]
 fn the_embedded_demo_predicts_its_sample() {
-    let model = BuiltinLoader.load(None, &LoadContext::private()).expect("the demo loads");
+    let model = PackageLoader.load(None, &LoadContext::private()).expect("the demo loads");
     let info = model.info();
     assert_eq!(
         (info.name.as_str(), info.version.as_str(), info.kind.as_str()),
@@ -28,22 +28,26 @@ fn the_embedded_demo_predicts_its_sample() {
         .predict(&PredictInput { body: info.sample.clone(), table: Some(table), form: None })
         .expect("predicts");
     // The sample is the first iris row, a setosa.
-    assert_eq!(response.target["y_predicted"], json!(["setosa"]));
-    let probs: Vec<f64> =
-        response.target["probabilities"][0].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
+    assert_eq!(output(&response, "predict").unwrap(), json!(["setosa"]));
+    let probs: Vec<f64> = output(&response, "predict_proba").unwrap()[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
     assert_eq!(probs.len(), 3);
     assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     assert!(probs[0] > 0.9, "{probs:?}");
-    // The input is echoed as rows in schema order, as ml-deploy echoed its X.
-    assert_eq!(response.input, json!([[5.1, 3.5, 1.4, 0.2]]));
+    // The server echoes the validated rows.
+    assert_eq!(response.input, None);
 
-    assert_eq!(BuiltinLoader.describe(None), "iris-demo 1.0.0 (logistic_regression) from embedded demo");
+    assert_eq!(PackageLoader.describe(None), "iris-demo 1.0.0 (logistic_regression) from embedded demo");
 }
 
 #[test]
 fn the_demo_directory_is_the_embedded_package() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/iris-demo");
-    let from_dir = BuiltinLoader.load(Some(&dir), &LoadContext::private()).expect("the demo directory loads");
-    let embedded = BuiltinLoader.load(None, &LoadContext::private()).expect("the demo loads");
+    let from_dir = PackageLoader.load(Some(&dir), &LoadContext::private()).expect("the demo directory loads");
+    let embedded = PackageLoader.load(None, &LoadContext::private()).expect("the demo loads");
     assert_eq!(from_dir.info(), embedded.info());
 }

@@ -5,9 +5,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{t, table_from_records, values, write_package, TempDir, T};
-use mldeploy_candle::{load_package, BuiltinLoader, Prediction};
+use common::{output, t, table_from_records, values, write_package, TempDir, T};
 use mldeploy_model::{LoadContext, ModelError, ModelLoader, PredictInput};
+use mldeploy_package::{load_package, PackageLoader, Prediction};
 use serde_json::{json, Value};
 
 /// Features: Age, Fare (float), Sex (2 categories), Embarked (3 categories) -> 7 inputs.
@@ -95,11 +95,11 @@ fn reference_forward(tensors: &[T], hidden: &str, x: &[f64]) -> Vec<f64> {
     a
 }
 
-fn load(dir: &Path) -> mldeploy_candle::BuiltinModel {
+fn load(dir: &Path) -> mldeploy_package::PackageModel {
     load_package(dir, &LoadContext::private()).unwrap_or_else(|e| panic!("load failed: {e}"))
 }
 
-fn predict(model: &mldeploy_candle::BuiltinModel) -> Prediction {
+fn predict(model: &mldeploy_package::PackageModel) -> Prediction {
     let table = table_from_records(&model.manifest().features, &records());
     model.predict_table(&table).expect("predict")
 }
@@ -171,8 +171,8 @@ fn regressors_and_logistic_regression_compute_their_formulas() {
             &PredictInput { table: Some(table), ..Default::default() },
         )
         .unwrap();
-        assert_eq!(response.target["y_predicted"].as_array().unwrap().len(), 4);
-        assert!(response.target.get("probabilities").is_none());
+        assert_eq!(output(&response, "predict").unwrap().as_array().unwrap().len(), 4);
+        assert!(output(&response, "predict_proba").is_none());
     }
 
     // Binary logistic regression: the label follows the sign of the score.
@@ -196,10 +196,10 @@ fn regressors_and_logistic_regression_compute_their_formulas() {
     let response =
         mldeploy_model::Model::predict(&model, &PredictInput { table: Some(table), ..Default::default() })
             .unwrap();
-    assert_eq!(response.target["classes"], json!(["no", "yes"]));
+    assert_eq!(mldeploy_model::Model::info(&model).outputs["classes"], json!(["no", "yes"]));
     let labels: Vec<Value> = p.labels.unwrap().iter().map(|&i| json!(["no", "yes"][i])).collect();
-    assert_eq!(response.target["y_predicted"], Value::Array(labels));
-    assert_eq!(response.input[0], json!(["male", 22.0, "S", 7.25]), "rows are echoed in schema order");
+    assert_eq!(output(&response, "predict").unwrap(), Value::Array(labels));
+    assert_eq!(response.input, None, "the server echoes the validated rows");
     assert!(response.list_metrics.is_empty() && response.topics.is_empty());
 }
 
@@ -214,7 +214,7 @@ fn base_package() -> (Value, Vec<T>) {
 fn load_error(manifest: &Value, tensors: &[T]) -> String {
     let dir = TempDir::new("broken");
     write_package(dir.path(), manifest, tensors);
-    match BuiltinLoader.load(Some(dir.path()), &LoadContext::private()) {
+    match PackageLoader.load(Some(dir.path()), &LoadContext::private()) {
         Ok(_) => panic!("the broken package loaded"),
         Err(ModelError::Load(message)) => message,
         Err(other) => panic!("unexpected error {other:?}"),
@@ -231,11 +231,11 @@ fn the_base_package_loads() {
     let (m, ts) = base_package();
     let dir = TempDir::new("base");
     write_package(dir.path(), &m, &ts);
-    let model = BuiltinLoader.load(Some(dir.path()), &LoadContext::private()).expect("loads");
+    let model = PackageLoader.load(Some(dir.path()), &LoadContext::private()).expect("loads");
     assert_eq!(model.info().kind, "mlp_classifier");
     // A path naming mldeploy.json itself works too.
-    BuiltinLoader.load(Some(&dir.path().join("mldeploy.json")), &LoadContext::private()).expect("loads");
-    assert!(BuiltinLoader.describe(Some(dir.path())).starts_with("handmade 0.1.0 (mlp_classifier)"));
+    PackageLoader.load(Some(&dir.path().join("mldeploy.json")), &LoadContext::private()).expect("loads");
+    assert!(PackageLoader.describe(Some(dir.path())).starts_with("handmade 0.1.0 (mlp_classifier)"));
 }
 
 #[test]
@@ -244,12 +244,12 @@ fn missing_files_are_named() {
     let dir = TempDir::new("files");
     write_package(dir.path(), &m, &ts);
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-    let err = BuiltinLoader.load(Some(dir.path()), &LoadContext::private()).err().expect("refused");
+    let err = PackageLoader.load(Some(dir.path()), &LoadContext::private()).err().expect("refused");
     assert!(err.to_string().contains("missing file model.safetensors"), "{err}");
     std::fs::remove_file(dir.path().join("mldeploy.json")).unwrap();
-    let err = BuiltinLoader.load(Some(dir.path()), &LoadContext::private()).err().expect("refused");
+    let err = PackageLoader.load(Some(dir.path()), &LoadContext::private()).err().expect("refused");
     assert!(err.to_string().contains("missing file mldeploy.json"), "{err}");
-    let err = BuiltinLoader
+    let err = PackageLoader
         .load(Some(&dir.path().join("nowhere")), &LoadContext::private())
         .err()
         .expect("refused");
@@ -311,7 +311,7 @@ fn broken_weights_are_refused_with_the_tensor_named() {
     let dir = TempDir::new("garbage");
     write_package(dir.path(), &m, &ts);
     std::fs::write(dir.path().join("model.safetensors"), b"not safetensors at all").unwrap();
-    let err = BuiltinLoader.load(Some(dir.path()), &LoadContext::private()).err().expect("refused");
+    let err = PackageLoader.load(Some(dir.path()), &LoadContext::private()).err().expect("refused");
     assert!(err.to_string().contains("model.safetensors: not a valid safetensors file"), "{err}");
 }
 
@@ -342,7 +342,7 @@ fn integer_tensors_are_refused() {
         safetensors::tensor::serialize(views, None).unwrap(),
     )
     .unwrap();
-    let err = BuiltinLoader.load(Some(dir.path()), &LoadContext::private()).err().expect("refused");
+    let err = PackageLoader.load(Some(dir.path()), &LoadContext::private()).err().expect("refused");
     assert!(err.to_string().contains("tensor layers.0.weight has dtype I64; expected F64"), "{err}");
 }
 
@@ -423,6 +423,6 @@ fn bad_manifests_are_refused() {
     let dir = TempDir::new("json");
     write_package(dir.path(), &m, &ts);
     std::fs::write(dir.path().join("mldeploy.json"), b"{\"format\": ").unwrap();
-    let err = BuiltinLoader.load(Some(dir.path()), &LoadContext::private()).err().expect("refused");
+    let err = PackageLoader.load(Some(dir.path()), &LoadContext::private()).err().expect("refused");
     assert!(err.to_string().contains("mldeploy.json: EOF while parsing"), "{err}");
 }

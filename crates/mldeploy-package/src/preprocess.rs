@@ -102,11 +102,6 @@ impl Preprocessor {
         }
     }
 
-    /// Width of the input matrix.
-    pub(crate) fn n_inputs(&self) -> usize {
-        self.n_inputs
-    }
-
     /// Check that `table` has the shape the schema promises.
     pub(crate) fn check_table(&self, table: &Table) -> Result<(), Error> {
         if table.columns.len() != self.numeric.len() {

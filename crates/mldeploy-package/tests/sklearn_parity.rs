@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use common::{python_available, scripts_dir, table_from_records, TempDir};
-use mldeploy_candle::BuiltinLoader;
+use common::{output, python_available, scripts_dir, table_from_records, TempDir};
 use mldeploy_model::{LoadContext, ModelLoader, PredictInput};
+use mldeploy_package::PackageLoader;
 use serde_json::Value;
 
 const TOLERANCE: f64 = 1e-6;
@@ -46,7 +46,7 @@ fn exported_reference_models_match_sklearn() {
     for dir in dirs {
         let expected = read_json(&dir.join("expected.json"));
         let name = expected["name"].as_str().expect("name").to_string();
-        let model = BuiltinLoader
+        let model = PackageLoader
             .load(Some(&dir), &LoadContext::private())
             .unwrap_or_else(|e| panic!("{name}: load failed: {e}"));
         let info = model.info();
@@ -57,18 +57,18 @@ fn exported_reference_models_match_sklearn() {
         let table = table_from_records(&info.features, records);
         let input = PredictInput { body: Value::Null, table: Some(table), form: None };
         let response = model.predict(&input).unwrap_or_else(|e| panic!("{name}: predict failed: {e}"));
-        assert_eq!(response.input.as_array().map(Vec::len), Some(records.len()), "{name}: echoed rows");
-
-        let got = response.target["y_predicted"].as_array().expect("y_predicted");
+        let got = output(&response, "predict").expect("predict");
+        let got = got.as_array().expect("y_predicted");
         let want = expected["y_predicted"].as_array().expect("expected y_predicted");
         assert_eq!(got.len(), want.len(), "{name}: row count");
         let mut worst: f64 = 0.0;
         if let Some(want_probs) = expected.get("probabilities") {
-            assert_eq!(response.target["classes"], expected["classes"], "{name}: classes");
+            assert_eq!(info.outputs["classes"], expected["classes"], "{name}: classes");
             for (row, (g, w)) in got.iter().zip(want).enumerate() {
                 assert_eq!(g, w, "{name}: label of row {row}");
             }
-            let got_probs = response.target["probabilities"].as_array().expect("probabilities");
+            let got_probs = output(&response, "predict_proba").expect("predict_proba");
+            let got_probs = got_probs.as_array().expect("probabilities");
             for (row, (g, w)) in got_probs.iter().zip(want_probs.as_array().expect("rows")).enumerate() {
                 let (g, w) = (g.as_array().expect("row"), w.as_array().expect("row"));
                 assert_eq!(g.len(), w.len(), "{name}: probabilities of row {row}");

@@ -34,7 +34,7 @@ impl std::fmt::Display for Error {
             Error::File { path, message } => write!(f, "{}: {message}", path.display()),
             Error::Manifest(m) => write!(f, "mldeploy.json: {m}"),
             Error::Weights(m) => write!(f, "model.safetensors: {m}"),
-            Error::Mismatch(m) => write!(f, "mldeploy.json and model.safetensors do not match: {m}"),
+            Error::Mismatch(m) => write!(f, "mldeploy.json and the model's files do not match: {m}"),
             Error::Slots(m) => write!(f, "feedback figures: {m}"),
             Error::Compute(m) => write!(f, "computation failed: {m}"),
         }
@@ -43,6 +43,7 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+#[cfg(feature = "candle")]
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
         Error::Compute(e.to_string())

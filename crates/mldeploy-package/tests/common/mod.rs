@@ -19,7 +19,7 @@ impl TempDir {
     pub fn new(tag: &str) -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("mldeploy-candle-{tag}-{}-{n}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("mldeploy-package-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir(path)
@@ -171,4 +171,23 @@ pub fn metrics(list: &[mldeploy_model::MetricValue]) -> HashMap<String, f64> {
             (m.name.clone(), m.value)
         })
         .collect()
+}
+
+/// The typed output `name` of a response, as nested JSON (labels, values, probabilities).
+pub fn output(response: &mldeploy_model::Response, name: &str) -> Option<Value> {
+    match &response.target {
+        mldeploy_model::Target::Outputs { outputs, .. } => outputs
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| serde_json::to_value(o.tensor.nested()).expect("outputs serialize")),
+        mldeploy_model::Target::Json(_) => None,
+    }
+}
+
+/// The free-form JSON target of a response (feedback answers).
+pub fn json_target(response: &mldeploy_model::Response) -> &Value {
+    match &response.target {
+        mldeploy_model::Target::Json(v) => v,
+        other => panic!("expected a JSON target, got {other:?}"),
+    }
 }

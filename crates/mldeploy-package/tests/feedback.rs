@@ -5,13 +5,15 @@ mod common;
 
 use std::sync::Barrier;
 
-use common::{metrics, t, table_from_records, TempDir};
-use mldeploy_candle::{load_package, load_package_bytes, BuiltinModel, Figures, DEMO_MANIFEST, DEMO_WEIGHTS};
+use common::{json_target, metrics, t, table_from_records, TempDir};
 use mldeploy_model::{FeedbackInput, LoadContext, Model, ModelError, NoMetrics, SharedSlots, Table};
+use mldeploy_package::{
+    load_package, load_package_bytes, Figures, PackageModel, DEMO_MANIFEST, DEMO_WEIGHTS,
+};
 use serde_json::{json, Value};
 
 fn context(slots: SharedSlots) -> LoadContext {
-    LoadContext { shared: slots, metrics: std::sync::Arc::new(NoMetrics) }
+    LoadContext { shared: slots, metrics: std::sync::Arc::new(NoMetrics), engine_threads: 1 }
 }
 
 /// One float feature `x`; a linear regression `y = 2x + 1` or a binary logistic regression
@@ -46,7 +48,7 @@ fn iris_table(n: usize) -> Table {
 }
 
 fn feedback(
-    model: &BuiltinModel,
+    model: &PackageModel,
     table: Table,
     y_true: Value,
     y_predict: Option<Value>,
@@ -56,7 +58,7 @@ fn feedback(
         .unwrap_or_else(|e| panic!("feedback failed: {e}"))
 }
 
-fn demo(slots: SharedSlots) -> BuiltinModel {
+fn demo(slots: SharedSlots) -> PackageModel {
     load_package_bytes(DEMO_MANIFEST, DEMO_WEIGHTS, &context(slots)).expect("demo loads")
 }
 
@@ -79,7 +81,7 @@ fn binary_classifier_figures_are_for_the_second_class() {
     assert_close(m["precision"], 3.0 / 5.0, "precision");
     assert_close(m["recall"], 3.0 / 4.0, "recall");
     assert_close(m["F1"], 2.0 / 3.0, "F1");
-    assert_eq!(response.target["total_feedback_rows"], json!(8));
+    assert_eq!(json_target(&response)["total_feedback_rows"], json!(8));
 
     // Without y_predict the model predicts: x = 1 scores 3 > 0, so class 1.
     let response = feedback(&model, x_table(&[1.0, 1.0]), json!([1, 0]), None);
@@ -220,7 +222,7 @@ fn slots_keep_one_models_figures() {
     assert_eq!(first.feedback_figures(), None);
     assert!(first.scrape_gauges().is_empty());
     let r = feedback(&first, iris_table(1), json!(["setosa"]), None);
-    assert_eq!(r.target["recorded"], json!(false));
+    assert_eq!(json_target(&r)["recorded"], json!(false));
     assert!(r.list_metrics.is_empty());
     assert_eq!(newer.feedback_figures().map(|f| f.rows()), Some(0), "the old model's feedback did not land");
     feedback(&newer, iris_table(2), json!(["setosa", "setosa"]), None);
@@ -288,7 +290,7 @@ fn bad_feedback_is_refused_and_not_counted() {
     table.source_rows = vec![0, 2];
     let r =
         send(json!(["setosa", "garbage-for-the-skipped-row", "versicolor"]), None, table).expect("accepted");
-    assert_eq!(r.target["feedback_rows"], json!(2));
+    assert_eq!(json_target(&r)["feedback_rows"], json!(2));
     assert_close(metrics(&r.list_metrics)["accuracy"], 0.5, "accuracy");
 }
 
@@ -298,6 +300,6 @@ fn too_few_slots_are_refused() {
     assert!(err.to_string().contains("this model needs 17 shared slots but the server provides 10"), "{err}");
 }
 
-fn demo_result(slots: SharedSlots) -> Result<BuiltinModel, mldeploy_candle::Error> {
+fn demo_result(slots: SharedSlots) -> Result<PackageModel, mldeploy_package::Error> {
     load_package_bytes(DEMO_MANIFEST, DEMO_WEIGHTS, &context(slots))
 }

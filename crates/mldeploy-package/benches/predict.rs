@@ -2,7 +2,7 @@
 //!
 //! Models are generated here (30 scaled float features, like the breast-cancer model; hidden
 //! layer of 100 as sklearn's default MLP), so the bench needs no Python. Two measurements per
-//! case: `table` is preprocessing + forward pass + labels (`BuiltinModel::predict_table`),
+//! case: `table` is preprocessing + forward pass + labels (`PackageModel::predict_table`),
 //! `response` adds building the JSON response (`Model::predict`), which is what a request pays.
 
 #[path = "../tests/common/mod.rs"]
@@ -12,13 +12,13 @@ use std::hint::black_box;
 
 use common::{t, table_from_records, values, T};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use mldeploy_candle::{load_package_bytes, BuiltinModel};
 use mldeploy_model::{LoadContext, Model, PredictInput};
+use mldeploy_package::{load_package_bytes, PackageModel};
 use serde_json::{json, Value};
 
 const FEATURES: usize = 30;
 
-fn model(kind: &str, hidden: &[usize], outputs: usize, classes: Option<Value>) -> BuiltinModel {
+fn model(kind: &str, hidden: &[usize], outputs: usize, classes: Option<Value>) -> PackageModel {
     let names: Vec<String> = (0..FEATURES).map(|i| format!("f{i}")).collect();
     let mut manifest = json!({
         "format": "mldeploy-package/1",
@@ -56,7 +56,7 @@ fn model(kind: &str, hidden: &[usize], outputs: usize, classes: Option<Value>) -
         .expect("bench model loads")
 }
 
-fn input(model: &BuiltinModel, rows: usize) -> PredictInput {
+fn input(model: &PackageModel, rows: usize) -> PredictInput {
     let v = values(7, rows * FEATURES);
     let records: Vec<Value> = (0..rows)
         .map(|r| {

@@ -1,0 +1,373 @@
+//! The dense kinds on candle: linear and logistic regression and MLPs, as scikit-learn
+//! computes them. One matrix product per layer for the whole batch, in `f64`, so results match
+//! scikit-learn's (which computes in `float64`) to rounding.
+//!
+//! Files: `model.safetensors` holds `layers.{i}.weight` `[inputs, outputs]` and
+//! `layers.{i}.bias` `[outputs]` for each of the manifest's `layers`; MLP kinds name their
+//! hidden `activation`.
+
+use candle_core::{Device, Tensor};
+use mldeploy_model::LoadContext;
+use safetensors::{Dtype as StDtype, SafeTensors};
+
+use super::{Engine, EngineKinds, Prediction, Task};
+use crate::error::Error;
+use crate::files::PackageFiles;
+use crate::manifest::{Checked, Manifest};
+
+/// The weights' file name in a package directory.
+pub(crate) const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// The dense kinds.
+pub(crate) struct Dense;
+
+const KINDS: &[(&str, Task)] = &[
+    ("linear_regression", Task::Regression),
+    ("logistic_regression", Task::Classification),
+    ("mlp_classifier", Task::Classification),
+    ("mlp_regressor", Task::Regression),
+];
+
+fn is_mlp(kind: &str) -> bool {
+    kind.starts_with("mlp_")
+}
+
+/// Hidden-layer activations of MLPs (sklearn's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// `f(x) = x`.
+    Identity,
+    /// `f(x) = 1 / (1 + exp(-x))`.
+    Logistic,
+    /// `f(x) = tanh(x)`.
+    Tanh,
+    /// `f(x) = max(x, 0)`.
+    Relu,
+}
+
+impl Activation {
+    const NAMES: [&'static str; 4] = ["identity", "logistic", "tanh", "relu"];
+
+    fn parse(name: &str) -> Option<Activation> {
+        match name {
+            "identity" => Some(Activation::Identity),
+            "logistic" => Some(Activation::Logistic),
+            "tanh" => Some(Activation::Tanh),
+            "relu" => Some(Activation::Relu),
+            _ => None,
+        }
+    }
+}
+
+/// How a classifier turns the last layer into a class, exactly as sklearn's `predict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LabelRule {
+    /// Regressors: no label.
+    None,
+    /// LogisticRegression, two classes: the second class when the score is above 0.
+    ScoreSign,
+    /// LogisticRegression, more classes: the highest score (first on ties).
+    ScoreArgmax,
+    /// MLPClassifier, two classes: the second class when its probability is above 0.5.
+    ProbabilityThreshold,
+    /// MLPClassifier, more classes: the highest probability (first on ties).
+    ProbabilityArgmax,
+}
+
+fn argmax(row: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+impl EngineKinds for Dense {
+    fn kinds(&self) -> &'static [(&'static str, Task)] {
+        KINDS
+    }
+
+    fn check(&self, manifest: &Manifest, kind: &str) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Manifest(m));
+        match (&manifest.activation, is_mlp(kind)) {
+            (Some(name), true) if Activation::parse(name).is_none() => {
+                return bad(format!("unknown activation {name:?} (known: {})", Activation::NAMES.join(", ")))
+            }
+            (None, true) => return bad(format!("kind {kind} needs an activation")),
+            (Some(_), false) => return bad(format!("kind {kind} takes no activation")),
+            _ => {}
+        }
+        match manifest.layers {
+            None => bad(format!("kind {kind} needs `layers`, the number of dense layers")),
+            Some(0) => bad("layers must be at least 1".into()),
+            Some(n) if !is_mlp(kind) && n != 1 => bad(format!("kind {kind} has exactly 1 layer, not {n}")),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn load(
+        &self,
+        manifest: &Manifest,
+        checked: &Checked,
+        files: &dyn PackageFiles,
+        _ctx: &LoadContext,
+    ) -> Result<Box<dyn Engine>, Error> {
+        let weights = files.read(WEIGHTS_FILE)?;
+        Ok(Box::new(build_network(manifest, checked, &weights)?))
+    }
+}
+
+/// The activation of the last layer, as sklearn picks it from the estimator and class count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutputActivation {
+    /// Regressors.
+    Identity,
+    /// Binary classifiers: one output column, the probability of the second class.
+    Logistic,
+    /// Multiclass classifiers: one column per class.
+    Softmax,
+}
+
+/// One dense layer: `x @ weight + bias`.
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    /// `[n_in, n_out]`.
+    pub weight: Tensor,
+    /// `[n_out]`.
+    pub bias: Tensor,
+}
+
+/// What a forward pass gives.
+#[derive(Debug, Clone)]
+pub(crate) struct Forward {
+    /// Row-major `[n_rows, n_outputs]` values of the last layer before the output activation.
+    pub scores: Vec<f64>,
+    /// Row-major output activations, unless the output activation is the identity.
+    pub activated: Option<Vec<f64>>,
+}
+
+/// A stack of dense layers.
+#[derive(Debug, Clone)]
+pub(crate) struct Network {
+    pub layers: Vec<Layer>,
+    pub hidden: Activation,
+    pub output: OutputActivation,
+    pub n_inputs: usize,
+    rule: LabelRule,
+    n_classes: usize,
+}
+
+fn logistic(x: &Tensor) -> candle_core::Result<Tensor> {
+    // 1 / (1 + exp(-x)), as scipy's expit.
+    x.neg()?.exp()?.affine(1.0, 1.0)?.recip()
+}
+
+fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    // The row maximum is subtracted first, as sklearn does, so exp cannot overflow.
+    let max = x.max_keepdim(1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(1)?;
+    e.broadcast_div(&sum)
+}
+
+impl Network {
+    /// Run the rows of `inputs` (row-major `[n_rows, n_inputs]`) through every layer.
+    pub(crate) fn forward(&self, inputs: Vec<f64>, n_rows: usize) -> Result<Forward, Error> {
+        if n_rows == 0 {
+            let activated = (self.output != OutputActivation::Identity).then(Vec::new);
+            return Ok(Forward { scores: Vec::new(), activated });
+        }
+        let mut x = Tensor::from_vec(inputs, (n_rows, self.n_inputs), &Device::Cpu)?;
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = x.matmul(&layer.weight)?.broadcast_add(&layer.bias)?;
+            if i != last {
+                x = match self.hidden {
+                    Activation::Identity => x,
+                    Activation::Logistic => logistic(&x)?,
+                    Activation::Tanh => x.tanh()?,
+                    Activation::Relu => x.relu()?,
+                };
+            }
+        }
+        let activated = match self.output {
+            OutputActivation::Identity => None,
+            OutputActivation::Logistic => Some(logistic(&x)?.flatten_all()?.to_vec1::<f64>()?),
+            OutputActivation::Softmax => Some(softmax(&x)?.flatten_all()?.to_vec1::<f64>()?),
+        };
+        let scores = x.flatten_all()?.to_vec1::<f64>()?;
+        Ok(Forward { scores, activated })
+    }
+}
+
+impl Engine for Network {
+    fn predict(&self, inputs: Vec<f64>, n_rows: usize) -> Result<Prediction, Error> {
+        let forward = self.forward(inputs, n_rows)?;
+        if self.rule == LabelRule::None {
+            return Ok(Prediction {
+                n_rows,
+                labels: None,
+                values: Some(forward.scores),
+                probabilities: None,
+            });
+        }
+        let k = self.n_classes;
+        let activated = forward.activated.unwrap_or_default();
+        let probabilities: Vec<f64> =
+            if k == 2 { activated.iter().flat_map(|&p| [1.0 - p, p]).collect() } else { activated };
+        let labels = match self.rule {
+            LabelRule::ScoreSign => forward.scores.iter().map(|&s| usize::from(s > 0.0)).collect(),
+            LabelRule::ScoreArgmax => forward.scores.chunks_exact(k).map(argmax).collect(),
+            LabelRule::ProbabilityThreshold => {
+                probabilities.chunks_exact(2).map(|p| usize::from(p[1] > 0.5)).collect()
+            }
+            LabelRule::ProbabilityArgmax | LabelRule::None => {
+                probabilities.chunks_exact(k).map(argmax).collect()
+            }
+        };
+        Ok(Prediction { n_rows, labels: Some(labels), values: None, probabilities: Some(probabilities) })
+    }
+}
+
+fn dtype_name(dtype: StDtype) -> String {
+    format!("{dtype:?}")
+}
+
+/// One tensor of the weights file as `f64` values, with its shape checked to be `rank`-D.
+fn read_tensor(st: &SafeTensors<'_>, name: &str, rank: usize) -> Result<(Vec<f64>, Vec<usize>), Error> {
+    let view = st.tensor(name).map_err(|_| Error::Weights(format!("missing tensor {name}")))?;
+    let shape = view.shape().to_vec();
+    if shape.len() != rank {
+        return Err(Error::Weights(format!(
+            "tensor {name} has shape {shape:?}; expected a {rank}-D tensor ({})",
+            if rank == 2 { "[inputs, outputs]" } else { "[outputs]" }
+        )));
+    }
+    let data = view.data();
+    let values: Vec<f64> = match view.dtype() {
+        StDtype::F64 => {
+            data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
+        }
+        StDtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f64::from(f32::from_le_bytes(b.try_into().expect("4 bytes"))))
+            .collect(),
+        other => {
+            return Err(Error::Weights(format!(
+                "tensor {name} has dtype {}; expected F64 (or F32)",
+                dtype_name(other)
+            )))
+        }
+    };
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Weights(format!("tensor {name} holds NaN or infinite values")));
+    }
+    Ok((values, shape))
+}
+
+/// The number of output columns the last layer must have.
+fn expected_outputs(checked: &Checked) -> usize {
+    match &checked.classes {
+        Some(classes) if classes.len() == 2 => 1,
+        Some(classes) => classes.len(),
+        None => 1,
+    }
+}
+
+fn output_activation(checked: &Checked) -> OutputActivation {
+    match &checked.classes {
+        None => OutputActivation::Identity,
+        Some(classes) if classes.len() == 2 => OutputActivation::Logistic,
+        Some(_) => OutputActivation::Softmax,
+    }
+}
+
+fn label_rule(kind: &str, checked: &Checked) -> LabelRule {
+    match (kind, checked.classes.as_ref().map(Vec::len)) {
+        (_, None) => LabelRule::None,
+        ("logistic_regression", Some(2)) => LabelRule::ScoreSign,
+        ("logistic_regression", Some(_)) => LabelRule::ScoreArgmax,
+        (_, Some(2)) => LabelRule::ProbabilityThreshold,
+        (_, Some(_)) => LabelRule::ProbabilityArgmax,
+    }
+}
+
+/// Build the network from the weights, checking every tensor against the manifest.
+fn build_network(manifest: &Manifest, checked: &Checked, weights: &[u8]) -> Result<Network, Error> {
+    let st = SafeTensors::deserialize(weights)
+        .map_err(|e| Error::Weights(format!("not a valid safetensors file: {e}")))?;
+    let n_layers = manifest.layers.unwrap_or(1);
+    let hidden = manifest.activation.as_deref().and_then(Activation::parse).unwrap_or(Activation::Identity);
+    let mut expected_names: Vec<String> = Vec::new();
+    for i in 0..n_layers {
+        expected_names.push(format!("layers.{i}.weight"));
+        expected_names.push(format!("layers.{i}.bias"));
+    }
+    let mut unexpected: Vec<&str> =
+        st.names().into_iter().filter(|n| !expected_names.iter().any(|e| e == n)).collect();
+    unexpected.sort_unstable();
+    if let Some(name) = unexpected.first() {
+        return Err(Error::Weights(format!(
+            "unexpected tensor {name} (the manifest declares {n_layers} layer(s): layers.0 .. layers.{})",
+            n_layers - 1
+        )));
+    }
+
+    let mut layers = Vec::with_capacity(n_layers);
+    let mut n_in = checked.n_inputs;
+    for i in 0..n_layers {
+        let w_name = format!("layers.{i}.weight");
+        let b_name = format!("layers.{i}.bias");
+        let (w, w_shape) = read_tensor(&st, &w_name, 2)?;
+        let (b, b_shape) = read_tensor(&st, &b_name, 1)?;
+        if w_shape[0] != n_in {
+            return Err(if i == 0 {
+                Error::Mismatch(format!(
+                    "the preprocessing produces {n_in} model inputs ({}) but {w_name} has shape {w_shape:?}, \
+                     which takes {} inputs",
+                    checked.width_breakdown, w_shape[0]
+                ))
+            } else {
+                Error::Weights(format!(
+                    "{w_name} has shape {w_shape:?} but layers.{} has {n_in} outputs",
+                    i - 1
+                ))
+            });
+        }
+        if b_shape[0] != w_shape[1] {
+            return Err(Error::Weights(format!(
+                "{b_name} has shape {b_shape:?} but {w_name} has shape {w_shape:?} ({} outputs)",
+                w_shape[1]
+            )));
+        }
+        layers.push(Layer {
+            weight: Tensor::from_vec(w, (w_shape[0], w_shape[1]), &Device::Cpu)?,
+            bias: Tensor::from_vec(b, b_shape[0], &Device::Cpu)?,
+        });
+        n_in = w_shape[1];
+    }
+    let n_outputs = expected_outputs(checked);
+    if n_in != n_outputs {
+        let what = match &checked.classes {
+            Some(c) if c.len() == 2 => {
+                "2 classes: one output, the probability of the second class".to_string()
+            }
+            Some(c) => format!("{} classes", c.len()),
+            None => "a regressor".to_string(),
+        };
+        return Err(Error::Mismatch(format!(
+            "layers.{}.weight has {n_in} outputs but the model needs {n_outputs} ({what})",
+            n_layers - 1
+        )));
+    }
+    Ok(Network {
+        layers,
+        hidden,
+        output: output_activation(checked),
+        n_inputs: checked.n_inputs,
+        rule: label_rule(&manifest.kind, checked),
+        n_classes: checked.classes.as_ref().map_or(0, Vec::len),
+    })
+}

@@ -1,0 +1,114 @@
+//! What a worker serves with: its models, its event and metric handles, its link to the master
+//! and its HTTP settings. Built once per worker after its models are loaded; the HTTP layer and
+//! every protocol read it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mldeploy_prefork::WorkerHandle;
+
+use crate::events::Events;
+use crate::metrics::Metrics;
+use crate::pipeline::Calls;
+use crate::registry::Registry;
+use crate::repository::RepositoryLink;
+
+/// HTTP settings.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Prefix of the ml-deploy routes of a server with one model (`/api/ml`).
+    pub api_prefix: String,
+    /// Largest accepted body in bytes (413 above).
+    pub max_body: usize,
+    /// Idle keep-alive connections are closed after this.
+    pub keepalive: Duration,
+    /// A request's head and body must arrive within this (408 otherwise).
+    pub request_timeout: Duration,
+    /// Allowed CORS origins; `*` allows all.
+    pub cors_origins: Vec<String>,
+    /// Serving threads (model calls at once).
+    pub threads: usize,
+    /// Write an access log line per request.
+    pub access_log: bool,
+    /// After a graceful stop, how long open connections may take to finish before `serve`
+    /// returns anyway.
+    pub graceful_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            api_prefix: "/api/ml".into(),
+            max_body: 10 * 1024 * 1024,
+            keepalive: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            cors_origins: vec!["*".into()],
+            threads: 1,
+            access_log: false,
+            graceful_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the HTTP service and the protocols need.
+pub struct ServeContext {
+    /// The loaded models.
+    pub models: Registry,
+    /// Where predict and feedback responses go (Kafka), when enabled.
+    pub events: Events,
+    /// The server-wide metric store.
+    pub metrics: Metrics,
+    /// The link to the master; `None` in `--app-debug` (one process).
+    pub worker: Option<WorkerHandle>,
+    /// Asks the master for another set of models (the V2 repository extension); `None` when
+    /// the server was not started on a model repository.
+    pub repository: Option<RepositoryLink>,
+    /// The worker's log.
+    pub log: slog::Logger,
+    /// Where access log lines go.
+    pub access_log: slog::Logger,
+    /// HTTP settings.
+    pub settings: HttpSettings,
+    draining: AtomicBool,
+}
+
+impl ServeContext {
+    /// A context serving `models`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        models: Registry,
+        events: Events,
+        metrics: Metrics,
+        worker: Option<WorkerHandle>,
+        repository: Option<RepositoryLink>,
+        log: slog::Logger,
+        access_log: slog::Logger,
+        settings: HttpSettings,
+    ) -> ServeContext {
+        ServeContext {
+            models,
+            events,
+            metrics,
+            worker,
+            repository,
+            log,
+            access_log,
+            settings,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// What the pipeline's steps need.
+    pub(crate) fn calls(&self) -> Calls<'_> {
+        Calls { metrics: &self.metrics, worker: self.worker.as_ref(), log: &self.log }
+    }
+
+    /// Whether the worker is stopping (it answers what is in flight, `/ready` says 503).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
