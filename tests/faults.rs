@@ -10,15 +10,13 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::http::Response;
-use common::libc_sig::{SIGHUP, SIGINT, SIGKILL};
+use common::libc_sig::{SIGHUP, SIGKILL};
+use common::wrk::Wrk;
 use common::{is_alive, wait_until, Server};
 
 const PREDICT: &str = "/api/ml/predict";
@@ -220,115 +218,6 @@ fn error_body_problem(r: &Response) -> Result<String, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// wrk
-
-/// A wrk run in its own process group, stopped with SIGINT (wrk then prints its summary).
-/// Dropping it kills the group.
-struct Wrk {
-    child: Child,
-    script: PathBuf,
-}
-
-/// What wrk reported.
-#[derive(Debug)]
-struct WrkReport {
-    requests: u64,
-    non_2xx: u64,
-    socket_errors: u64,
-    text: String,
-}
-
-impl Wrk {
-    /// Keep-alive POSTs of `body` to predict on `connections` connections, for at most
-    /// `limit` (tests stop it earlier).
-    fn start(addr: SocketAddr, body: &str, connections: usize, limit: Duration) -> Wrk {
-        if Command::new("wrk").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err()
-        {
-            panic!("wrk is not installed: run scripts/setup-test-deps.sh (it installs the Debian package)");
-        }
-        let script =
-            std::env::temp_dir().join(format!("mldeploy-faults-{}-{}.lua", std::process::id(), addr.port()));
-        let lua = format!(
-            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
-             wrk.body = [==[{body}]==]\n"
-        );
-        std::fs::write(&script, lua).expect("write the wrk script");
-        let mut cmd = Command::new("wrk");
-        cmd.args(["-t", "2", "-c", &connections.to_string(), "-d", &format!("{}s", limit.as_secs())])
-            // A slow answer is not a failure here: only errors and statuses count.
-            .args(["--timeout", "60s", "-s"])
-            .arg(&script)
-            .arg(format!("http://{addr}{PREDICT}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let child = cmd.spawn().expect("start wrk");
-        Wrk { child, script }
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Stop wrk (SIGINT) and parse its summary.
-    fn finish(mut self) -> WrkReport {
-        common::kill(self.child.id() as i32, SIGINT);
-        let exited = wait_until(Duration::from_secs(30), || !self.running());
-        assert!(exited, "wrk did not stop on SIGINT");
-        let mut text = String::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            let _ = out.read_to_string(&mut text);
-        }
-        if let Some(mut err) = self.child.stderr.take() {
-            let _ = err.read_to_string(&mut text);
-        }
-        parse_wrk(text)
-    }
-}
-
-impl Drop for Wrk {
-    fn drop(&mut self) {
-        if self.running() {
-            common::kill(-(self.child.id() as i32), SIGKILL);
-        }
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.script);
-    }
-}
-
-/// The numbers of wrk's summary; the error lines are printed only when their counts are not 0.
-fn parse_wrk(text: String) -> WrkReport {
-    let numbers = |line: &str| -> Vec<u64> {
-        line.split(|c: char| !c.is_ascii_digit()).filter_map(|t| t.parse().ok()).collect()
-    };
-    let mut report = WrkReport { requests: 0, non_2xx: 0, socket_errors: 0, text: String::new() };
-    for line in text.lines().map(str::trim) {
-        if line.contains(" requests in ") {
-            report.requests = numbers(line).first().copied().unwrap_or(0);
-        } else if line.starts_with("Non-2xx or 3xx responses:") {
-            report.non_2xx = numbers(line).last().copied().unwrap_or(0);
-        } else if line.starts_with("Socket errors:") {
-            report.socket_errors = numbers(line).iter().sum();
-        }
-    }
-    report.text = text;
-    report
-}
-
-#[test]
-fn parse_wrk_reads_requests_and_errors() {
-    let clean = "Running 1m test @ http://127.0.0.1:1/x\n  2 threads and 32 connections\n  \
-                 54675 requests in 3.00s, 12.24MB read\nRequests/sec:  18205.33\n";
-    let r = parse_wrk(clean.to_string());
-    assert_eq!((r.requests, r.non_2xx, r.socket_errors), (54675, 0, 0));
-    let failing = "  1200 requests in 10.00s, 1.00MB read\n  Socket errors: connect 0, read 3, write 1, \
-                   timeout 2\n  Non-2xx or 3xx responses: 7\n";
-    let r = parse_wrk(failing.to_string());
-    assert_eq!((r.requests, r.non_2xx, r.socket_errors), (1200, 7, 6));
-}
-
-// ---------------------------------------------------------------------------------------------
 // Reload and recycle under wrk
 
 const WRK_CONNECTIONS: usize = 32;
@@ -351,7 +240,8 @@ fn wait_predictions(server: &Server, since: f64, more: f64) -> f64 {
 fn ten_hup_reloads_under_wrk_fail_no_request() {
     let server = Server::start(&["serve", "--workers", "2", "--threads", "2"]);
     let mut pids: HashSet<i32> = wait_workers(&server, 2).into_iter().collect();
-    let mut wrk = Wrk::start(server.addr, &demo_sample(&server), WRK_CONNECTIONS, Duration::from_secs(600));
+    let mut wrk =
+        Wrk::start(server.addr, PREDICT, &demo_sample(&server), WRK_CONNECTIONS, Duration::from_secs(600));
     let mut served = wait_predictions(&server, 0.0, LOAD_BETWEEN_EVENTS);
     for reload in 1..=10 {
         server.signal(SIGHUP);
@@ -399,7 +289,8 @@ fn max_requests_recycling_under_wrk_fails_no_request() {
     ]);
     let first = wait_workers(&server, 2);
     let mut seen: HashSet<i32> = first.iter().copied().collect();
-    let mut wrk = Wrk::start(server.addr, &demo_sample(&server), WRK_CONNECTIONS, Duration::from_secs(600));
+    let mut wrk =
+        Wrk::start(server.addr, PREDICT, &demo_sample(&server), WRK_CONNECTIONS, Duration::from_secs(600));
     // At least twenty workers retired and replaced, over at least 20000 predictions.
     let mut served = 0.0;
     let recycled = wait_until(Duration::from_secs(180), || {

@@ -8,6 +8,8 @@
 //! Run it: `cargo run -p example-custom-model -- serve --workers 2`, then
 //! `curl -s localhost:5000/api/ml/predict -d '{"data": [["what a great day"]], "names": ["text"]}'`.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -194,11 +194,6 @@ impl Tensor {
         self.shape.iter().product()
     }
 
-    /// Check that the values fill the shape exactly.
-    pub fn is_consistent(&self) -> bool {
-        self.element_count() == self.values.len()
-    }
-
     /// A serializer of the values nested by the shape (`[[..], [..]]` for a matrix), as JSON
     /// clients read tensors.
     pub fn nested(&self) -> Nested<'_> {

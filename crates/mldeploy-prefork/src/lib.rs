@@ -35,7 +35,9 @@ mod identity;
 mod listen;
 mod master;
 pub mod notify;
+mod os;
 mod pidfile;
+mod real_os;
 mod sys;
 mod worker;
 
@@ -80,15 +82,15 @@ pub struct SupervisorConfig {
 
 impl SupervisorConfig {
     /// Refuse settings the supervisor cannot run with.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         if self.workers == 0 {
-            return Err("workers must be at least 1".into());
+            return Err(InvalidConfig::NoWorkers);
         }
         if self.threads == 0 {
-            return Err("threads must be at least 1".into());
+            return Err(InvalidConfig::NoThreads);
         }
         if self.timeout == Some(Duration::ZERO) {
-            return Err("timeout must be positive (None turns it off)".into());
+            return Err(InvalidConfig::ZeroTimeout);
         }
         Ok(())
     }
@@ -106,6 +108,29 @@ impl SupervisorConfig {
         self.max_requests.saturating_add(jitter)
     }
 }
+
+/// Why the supervisor cannot run with a [`SupervisorConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidConfig {
+    /// `workers` is 0.
+    NoWorkers,
+    /// `threads` is 0.
+    NoThreads,
+    /// `timeout` is `Some(0)` (`None` turns the watch off).
+    ZeroTimeout,
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InvalidConfig::NoWorkers => "workers must be at least 1",
+            InvalidConfig::NoThreads => "threads must be at least 1",
+            InvalidConfig::ZeroTimeout => "timeout must be positive (None turns it off)",
+        })
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
 
 /// Why a worker ended, as the master saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +239,9 @@ pub struct Worker {
 
 /// The application the master supervises.
 pub trait App {
+    /// Why [`App::prepare`] refused a configuration (logged by the master).
+    type Error: fmt::Display;
+
     /// In the master, before a generation is forked: at start (`reload == false`) and on every
     /// HUP. Re-read configuration here. On a reload, an error keeps the old workers serving.
     ///
@@ -222,7 +250,7 @@ pub trait App {
     /// fails to boot); the master then keeps forking the previous generation to replace its
     /// crashed or retired workers. So keep what each generation was prepared with, and serve in
     /// [`App::run_worker`] with the settings of [`Worker::generation`], not the latest ones.
-    fn prepare(&mut self, reload: bool) -> Result<SupervisorConfig, String>;
+    fn prepare(&mut self, reload: bool) -> Result<SupervisorConfig, Self::Error>;
     /// In the forked child: serve until stopped, then return the exit code (see [`exit_code`]).
     /// Call [`WorkerHandle::ready`] once serving, [`WorkerHandle::heartbeat`] every second, and
     /// watch [`WorkerHandle::wait_stop`]. A panic before `ready` counts as a boot failure.
@@ -316,9 +344,8 @@ struct Startup {
 }
 
 fn start_up<A: App>(app: &mut A, log: &slog::Logger) -> Result<Startup, ()> {
-    let config = app.prepare(false).and_then(|config| config.validate().map(|()| config)).map_err(|e| {
-        error!(log, "configuration refused"; "error" => e);
-    })?;
+    let config = app.prepare(false).map_err(|e| error!(log, "configuration refused"; "error" => %e))?;
+    config.validate().map_err(|e| error!(log, "configuration refused"; "error" => %e))?;
     let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref()).map_err(|e| {
         error!(log, "configuration refused"; "error" => %e);
     })?;
@@ -341,7 +368,7 @@ pub fn run<A: App>(mut app: A, listeners: Vec<TcpListener>, log: slog::Logger) -
     let Ok(startup) = start_up(&mut app, &log) else {
         return exit_code::FAILURE;
     };
-    let os = match sys::RealOs::new(startup.notifier) {
+    let os = match real_os::RealOs::new(startup.notifier) {
         Ok(os) => os,
         Err(e) => {
             error!(log, "cannot install signal handlers"; "error" => %e);
@@ -407,10 +434,11 @@ mod tests {
     #[test]
     fn validate_refuses_zero_workers_threads_and_timeout() {
         assert!(config().validate().is_ok());
-        assert!(SupervisorConfig { workers: 0, ..config() }.validate().unwrap_err().contains("workers"));
-        assert!(SupervisorConfig { threads: 0, ..config() }.validate().unwrap_err().contains("threads"));
+        assert_eq!(SupervisorConfig { workers: 0, ..config() }.validate(), Err(InvalidConfig::NoWorkers));
+        assert_eq!(SupervisorConfig { threads: 0, ..config() }.validate(), Err(InvalidConfig::NoThreads));
         let zero_timeout = SupervisorConfig { timeout: Some(Duration::ZERO), ..config() };
-        assert!(zero_timeout.validate().unwrap_err().contains("timeout"));
+        assert_eq!(zero_timeout.validate(), Err(InvalidConfig::ZeroTimeout));
+        assert!(InvalidConfig::ZeroTimeout.to_string().contains("timeout"));
     }
 
     #[test]

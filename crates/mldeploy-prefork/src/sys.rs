@@ -1,5 +1,5 @@
-//! Every `unsafe` operation of the crate, each behind a small safe function, and [`RealOs`], the
-//! real implementation of the master's [`Os`] interface.
+//! Every `unsafe` operation of the crate, each behind a small safe function: shared memory,
+//! the master's signal handlers, fork, inherited sockets, the allocator's purge.
 //!
 //! Contract: the master runs no thread besides its main one whenever it forks (the crate starts
 //! none, and [`App`](crate::App) implementations must not start any in the master), so a forked
@@ -15,17 +15,11 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::mman::{MapFlags, ProtFlags};
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{self, sockopt, AddressFamily, SockaddrLike, SockaddrStorage};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{ForkResult, Pid};
-
-use crate::master::{Exit, MasterSignal, Os};
-use crate::notify::Notifier;
-use crate::worker::{self, Slot, WorkerHandle};
+use nix::unistd::ForkResult;
 
 /// Time on `CLOCK_MONOTONIC`, which every process of the machine shares: workers write heartbeats
 /// with it and the master compares them with its own reading.
@@ -124,7 +118,7 @@ impl Drop for SharedMem {
 }
 
 /// The signals the master acts on.
-const MASTER_SIGNALS: [Signal; 8] = [
+pub(crate) const MASTER_SIGNALS: [Signal; 8] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
@@ -161,6 +155,57 @@ fn set_disposition(signal: Signal, handler: SigHandler, flags: SaFlags) -> io::R
     // touches atomics and calls write(2), all async-signal-safe.
     unsafe { signal::sigaction(signal, &action) }?;
     Ok(())
+}
+
+/// Route the master's signals to [`queue_master_signal`], which writes a byte to `wake`.
+pub(crate) fn install_master_handlers(wake: RawFd) -> io::Result<()> {
+    WAKE_FD.store(wake, Ordering::Relaxed);
+    for signal in MASTER_SIGNALS {
+        set_disposition(
+            signal,
+            SigHandler::Handler(queue_master_signal),
+            SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
+        )?;
+    }
+    Ok(())
+}
+
+/// Put the master's signals back to their defaults.
+pub(crate) fn remove_master_handlers() {
+    for signal in MASTER_SIGNALS {
+        let _ = set_disposition(signal, SigHandler::SigDfl, SaFlags::empty());
+    }
+    WAKE_FD.store(-1, Ordering::Relaxed);
+}
+
+/// How many times `signal` arrived since the last call.
+pub(crate) fn take_pending(signal: Signal) -> u32 {
+    PENDING[signal as usize].swap(0, Ordering::Relaxed)
+}
+
+/// Fork a child that runs `child` and exits with the code it returns; the parent gets the
+/// child's pid. The child starts with the master's handlers reset (the result of that is
+/// handed to `child`) and every signal blocked: `child` restores the mask it is given once its
+/// own signal handling is in place.
+pub(crate) fn fork_child(child: impl FnOnce(io::Result<()>, &SigSet) -> i32) -> io::Result<i32> {
+    // Block every signal across fork so the child cannot run a master handler before it has
+    // reset them.
+    let mut mask = SigSet::empty();
+    signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut mask))?;
+    // SAFETY: per the module contract the master has no other thread, so the child is a
+    // consistent copy (no lock held elsewhere); the child runs `child` and leaves through
+    // `process::exit` without ever returning into the master's code.
+    let forked = unsafe { nix::unistd::fork() };
+    if let Ok(ForkResult::Child) = forked {
+        let code = child(reset_signals_in_worker(), &mask);
+        std::process::exit(code);
+    }
+    let restored = set_signal_mask(&mask);
+    let ForkResult::Parent { child } = forked? else {
+        unreachable!("the child branch exits above");
+    };
+    restored?;
+    Ok(child.as_raw())
 }
 
 /// In a freshly forked worker: forget the master's handlers. Stop, log and reload signals get
@@ -206,153 +251,4 @@ pub(crate) fn inherited_listener(fd: RawFd) -> io::Result<TcpListener> {
         return Err(invalid("not listening"));
     }
     Ok(TcpListener::from(owned))
-}
-
-/// The real operating system behind the master's state machine.
-pub(crate) struct RealOs {
-    wake_read: OwnedFd,
-    wake_write: OwnedFd,
-    notifier: Option<Notifier>,
-    master_pid: Pid,
-}
-
-impl RealOs {
-    /// Create the wake pipe and install the master's signal handlers.
-    pub(crate) fn new(notifier: Option<Notifier>) -> io::Result<RealOs> {
-        let (wake_read, wake_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-        WAKE_FD.store(wake_write.as_raw_fd(), Ordering::Relaxed);
-        for signal in MASTER_SIGNALS {
-            set_disposition(
-                signal,
-                SigHandler::Handler(queue_master_signal),
-                SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
-            )?;
-        }
-        Ok(RealOs { wake_read, wake_write, notifier, master_pid: nix::unistd::getpid() })
-    }
-
-    fn drain_wake_pipe(&self) {
-        let mut buf = [0u8; 256];
-        while matches!(nix::unistd::read(&self.wake_read, &mut buf), Ok(n) if n > 0) {}
-    }
-}
-
-impl Drop for RealOs {
-    fn drop(&mut self) {
-        for signal in MASTER_SIGNALS {
-            let _ = set_disposition(signal, SigHandler::SigDfl, SaFlags::empty());
-        }
-        WAKE_FD.store(-1, Ordering::Relaxed);
-    }
-}
-
-fn master_signal(signal: Signal) -> Option<MasterSignal> {
-    Some(match signal {
-        Signal::SIGCHLD => MasterSignal::Child,
-        Signal::SIGTERM => MasterSignal::Terminate,
-        Signal::SIGINT => MasterSignal::Interrupt,
-        Signal::SIGQUIT => MasterSignal::Quit,
-        Signal::SIGHUP => MasterSignal::Hangup,
-        Signal::SIGTTIN => MasterSignal::MoreWorkers,
-        Signal::SIGTTOU => MasterSignal::FewerWorkers,
-        Signal::SIGUSR1 => MasterSignal::ReopenLogs,
-        _ => return None,
-    })
-}
-
-/// More of one signal than this between two loop turns are taken as this many.
-const MAX_QUEUED_PER_SIGNAL: u32 = 16;
-
-impl Os for RealOs {
-    fn now(&self) -> Duration {
-        monotonic()
-    }
-
-    fn new_slot(&mut self, words: usize) -> io::Result<Slot> {
-        Ok(Slot::new(SharedMem::shared(words)?))
-    }
-
-    fn fork_worker(
-        &mut self,
-        slot: &Slot,
-        child: &mut dyn FnMut(io::Result<WorkerHandle>) -> i32,
-    ) -> io::Result<i32> {
-        let wake = self.wake_write.try_clone()?;
-        // Block every signal across fork so the child cannot run a master handler before it has
-        // reset them; it restores this mask once its own handling is in place.
-        let mut mask = SigSet::empty();
-        signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut mask))?;
-        // SAFETY: per the module contract the master has no other thread, so the child is a
-        // consistent copy (no lock held elsewhere); the child runs its worker and leaves through
-        // `process::exit` without ever returning into the master's code.
-        let forked = unsafe { nix::unistd::fork() };
-        if let Ok(ForkResult::Child) = forked {
-            let handle = reset_signals_in_worker()
-                .and_then(|()| worker::enter_child(slot.clone(), self.master_pid, wake, &mask));
-            let code = worker::run_guarded(slot, || child(handle));
-            std::process::exit(code);
-        }
-        let restored = set_signal_mask(&mask);
-        drop(wake);
-        let ForkResult::Parent { child } = forked? else {
-            unreachable!("the child branch exits above");
-        };
-        restored?;
-        Ok(child.as_raw())
-    }
-
-    fn kill(&mut self, pid: i32, signal: Signal) {
-        // Never signal a group or every process by mistake.
-        if pid > 0 {
-            let _ = signal::kill(Pid::from_raw(pid), signal);
-        }
-    }
-
-    fn reap(&mut self) -> Option<(i32, Exit)> {
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => return Some((pid.as_raw(), Exit::Code(code))),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => {
-                    return Some((pid.as_raw(), Exit::Signal(signal as i32)));
-                }
-                Ok(WaitStatus::StillAlive) => return None,
-                // Stopped or continued: not an exit.
-                Ok(_) | Err(Errno::EINTR) => continue,
-                // ECHILD: no child left.
-                Err(_) => return None,
-            }
-        }
-    }
-
-    fn wait(&mut self, until: Duration) -> Vec<MasterSignal> {
-        let left = until.saturating_sub(self.now());
-        // Round up: waking a little late is harmless, waking early spins.
-        let millis = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-        let mut fds = [PollFd::new(self.wake_read.as_fd(), PollFlags::POLLIN)];
-        let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
-        // EINTR just means a signal arrived; it is collected below.
-        let _ = nix::poll::poll(&mut fds, timeout);
-        self.drain_wake_pipe();
-        let mut signals = Vec::new();
-        for signal in MASTER_SIGNALS {
-            let count = PENDING[signal as usize].swap(0, Ordering::Relaxed).min(MAX_QUEUED_PER_SIGNAL);
-            if let Some(what) = master_signal(signal) {
-                signals.extend((0..count).map(|_| what));
-            }
-        }
-        signals
-    }
-
-    fn notify(&mut self, state: &str) {
-        if let Some(notifier) = &self.notifier {
-            let _ = notifier.send(state);
-        }
-    }
-
-    fn random(&mut self) -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(self.now().as_nanos());
-        hasher.finish()
-    }
 }

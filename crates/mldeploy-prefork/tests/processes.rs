@@ -124,6 +124,8 @@ fn append(path: &Path, line: &str) {
 }
 
 impl App for TestApp {
+    type Error = String;
+
     fn prepare(&mut self, _reload: bool) -> Result<SupervisorConfig, String> {
         let text = fs::read_to_string(&self.config).map_err(|e| e.to_string())?;
         let settings = parse_settings(&text)?;

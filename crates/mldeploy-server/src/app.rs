@@ -15,14 +15,14 @@ use mldeploy_prefork::{exit_code, App, Stop, SupervisorConfig, SupervisorEvent, 
 use slog::{error, info, o, warn, Logger};
 
 use crate::cli::{Invocation, SettingsSource};
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 use crate::events::{self, EventSettings};
 use crate::http;
 use crate::log::{self, Logs};
 use crate::metrics::{Metrics, MetricsSettings};
 use crate::pipeline::{Calls, Failure};
 use crate::registry::{ModelSource, Registry};
-use crate::repository::{self, Mailbox, RepositoryLink, Selection, MAILBOX_WORDS};
+use crate::repository::{self, Mailbox, RepositoryError, RepositoryLink, Selection, MAILBOX_WORDS};
 use crate::service::{HttpSettings, ServeContext};
 use crate::slots::ModelSlots;
 
@@ -68,34 +68,68 @@ pub fn run_cli<L: ModelLoader>(loader: L) -> ExitCode {
 struct ModelSpec {
     /// Its shared slots' key: the repository name, else the path (or `builtin`).
     key: String,
+    /// A repository model's name: its directory's, which its package must carry too.
+    name: Option<String>,
     source: ModelSource,
+}
+
+/// Why the master refused the settings or the models of a generation.
+#[derive(Debug)]
+enum PrepareError {
+    /// The settings do not parse or make no sense.
+    Settings(ConfigError),
+    /// The model repository cannot be read, or lacks a version asked for.
+    Repository(RepositoryError),
+}
+
+impl std::fmt::Display for PrepareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrepareError::Settings(e) => e.fmt(f),
+            PrepareError::Repository(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<ConfigError> for PrepareError {
+    fn from(e: ConfigError) -> Self {
+        PrepareError::Settings(e)
+    }
+}
+
+impl From<RepositoryError> for PrepareError {
+    fn from(e: RepositoryError) -> Self {
+        PrepareError::Repository(e)
+    }
 }
 
 /// The models `settings` name: the packages given, the repository's selected models, or the
 /// loader's built-in model.
-fn resolve_models(settings: &Settings, selection: &Selection) -> Result<Vec<ModelSpec>, String> {
+fn resolve_models(settings: &Settings, selection: &Selection) -> Result<Vec<ModelSpec>, PrepareError> {
     let s = &settings.server;
     if let Some(root) = &s.model_repository {
-        let pins = settings.model_versions().map_err(|e| e.to_string())?;
-        let models = repository::scan(root).map_err(|e| e.to_string())?;
+        let pins = settings.model_versions()?;
+        let models = repository::scan(root)?;
         let mut specs = Vec::new();
         for model in models.iter().filter(|m| selection.serves(&m.name)) {
             let pin = pins.iter().find(|(name, _)| *name == model.name).map(|(_, v)| v.as_str());
-            let (path, version) = model.package(root, pin).map_err(|e| e.to_string())?;
+            let (path, version) = model.package(root, pin)?;
             specs.push(ModelSpec {
                 key: format!("repository/{}", model.name),
+                name: Some(model.name.clone()),
                 source: ModelSource { path: Some(path), repository_version: version },
             });
         }
         return Ok(specs);
     }
     if s.model.is_empty() {
-        return Ok(vec![ModelSpec { key: "builtin".into(), source: ModelSource::default() }]);
+        return Ok(vec![ModelSpec { key: "builtin".into(), name: None, source: ModelSource::default() }]);
     }
     Ok(s.model
         .iter()
         .map(|path| ModelSpec {
             key: format!("path/{}", path.display()),
+            name: None,
             source: ModelSource { path: Some(path.clone()), repository_version: None },
         })
         .collect())
@@ -125,18 +159,22 @@ fn load_models<L: ModelLoader>(
     specs: &[ModelSpec],
     slots: &ModelSlots,
     metrics: &Metrics,
-    api_prefix: &str,
+    settings: &Settings,
     log: &Logger,
 ) -> Result<Registry, LoadFailure> {
     let mut models: Vec<(Arc<dyn Model>, ModelSource)> = Vec::with_capacity(specs.len());
     for spec in specs {
         let path = spec.source.path.as_deref();
-        let what = loader.describe(path);
+        let what = path.map_or_else(|| "the built-in model".to_string(), |p| p.display().to_string());
         let shared = slots.claim(&spec.key).unwrap_or_else(|| {
             warn!(log, "no shared slots left: this model's feedback figures cover this worker only"; "model" => &what);
             mldeploy_model::SharedSlots::private(crate::slots::REGION_LEN)
         });
-        let ctx = LoadContext { shared, metrics: metrics.model_sink(), engine_threads: 1 };
+        let ctx = LoadContext {
+            shared,
+            metrics: metrics.model_sink(),
+            engine_threads: settings.server.engine_threads,
+        };
         let started = Instant::now();
         let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| loader.load(path, &ctx)));
         let model = match loaded {
@@ -144,6 +182,14 @@ fn load_models<L: ModelLoader>(
             Ok(Err(e)) => return Err(LoadFailure::Model { what, error: e.to_string() }),
             Err(_) => return Err(LoadFailure::Model { what, error: "the loader panicked".into() }),
         };
+        if let Some(name) = spec.name.as_deref().filter(|name| *name != model.info().name) {
+            let error = format!(
+                "the package in repository directory {name:?} is named {:?}: a repository model's directory is \
+                 named after the model (the V2 API loads and unloads it by that name)",
+                model.info().name
+            );
+            return Err(LoadFailure::Model { what, error });
+        }
         let seconds = started.elapsed().as_secs_f64();
         metrics.model_load_seconds(seconds);
         for e in metrics.declare_model_metrics(&*model) {
@@ -154,18 +200,18 @@ fn load_models<L: ModelLoader>(
             "seconds" => seconds);
         models.push((model, spec.source.clone()));
     }
-    Registry::new(models, api_prefix).map_err(LoadFailure::Registry)
+    Registry::new(models, &settings.http.api_prefix).map_err(LoadFailure::Registry)
 }
 
 /// `mldeploy check`: load the models and predict each one's sample through the same pipeline
 /// as the predict route; print the answers.
 fn run_check<L: ModelLoader>(loader: &L, settings: &Settings) -> Result<u8, String> {
-    let specs = resolve_models(settings, &Selection::default())?;
+    let specs = resolve_models(settings, &Selection::default()).map_err(|e| e.to_string())?;
     let log = Logger::root(slog::Discard, o!());
     let metrics = Metrics::disabled();
     let slots = ModelSlots::private(specs.len().max(1));
-    let registry = load_models(loader, &specs, &slots, &metrics, &settings.http.api_prefix, &log)
-        .map_err(|e| e.to_string())?;
+    let registry =
+        load_models(loader, &specs, &slots, &metrics, settings, &log).map_err(|e| e.to_string())?;
     let calls = Calls { metrics: &metrics, worker: None, log: &log };
     for entry in registry.iter() {
         let info = entry.info();
@@ -279,7 +325,7 @@ struct ServerApp<L> {
 }
 
 fn serve<L: ModelLoader>(loader: L, source: SettingsSource, settings: Settings) -> Result<u8, String> {
-    let models = resolve_models(&settings, &Selection::default())?;
+    let models = resolve_models(&settings, &Selection::default()).map_err(|e| e.to_string())?;
     // Everything shared by the workers is mapped now, before any fork.
     let shared =
         |len| mldeploy_prefork::shared_slots(len).map_err(|e| format!("cannot map shared memory: {e}"));
@@ -330,13 +376,13 @@ fn format_addrs(listeners: &[TcpListener]) -> String {
 impl<L: ModelLoader> ServerApp<L> {
     /// The settings and models of a reload: the settings read again, and the repository
     /// change a worker asked for, if any.
-    fn prepare_reload(&mut self) -> Result<SupervisorConfig, String> {
+    fn prepare_reload(&mut self) -> Result<SupervisorConfig, PrepareError> {
         let request = self.mailbox.take();
         let selection = match &request {
             Some(r) => self.selection.with(r.change, &r.name),
             None => self.selection.clone(),
         };
-        let prepared = self.source.load().map_err(|e| e.to_string()).and_then(|fresh| {
+        let prepared = self.source.load().map_err(PrepareError::from).and_then(|fresh| {
             let models = resolve_models(&fresh, &selection)?;
             Ok((fresh, models))
         });
@@ -344,7 +390,7 @@ impl<L: ModelLoader> ServerApp<L> {
             Ok(p) => p,
             Err(e) => {
                 if request.is_some() {
-                    self.mailbox.finish(false, &e);
+                    self.mailbox.finish(false, &e.to_string());
                 }
                 return Err(e);
             }
@@ -371,7 +417,9 @@ impl<L: ModelLoader> ServerApp<L> {
 }
 
 impl<L: ModelLoader> App for ServerApp<L> {
-    fn prepare(&mut self, reload: bool) -> Result<SupervisorConfig, String> {
+    type Error = PrepareError;
+
+    fn prepare(&mut self, reload: bool) -> Result<SupervisorConfig, PrepareError> {
         if !reload {
             return Ok(supervisor_config(&self.generations[&0].settings));
         }
@@ -384,21 +432,15 @@ impl<L: ModelLoader> App for ServerApp<L> {
             .or(self.generations.values().next_back())
             .expect("the serving generation is kept");
         let settings = &plan.settings;
-        let registry = match load_models(
-            &*self.loader,
-            &plan.models,
-            &self.slots,
-            &self.metrics,
-            &settings.http.api_prefix,
-            &log,
-        ) {
-            Ok(registry) => registry,
-            Err(e) => {
-                error!(log, "model load failed"; "error" => %e);
-                self.mailbox.report_load_failure(&e.to_string());
-                return exit_code::BOOT_FAILURE;
-            }
-        };
+        let registry =
+            match load_models(&*self.loader, &plan.models, &self.slots, &self.metrics, settings, &log) {
+                Ok(registry) => registry,
+                Err(e) => {
+                    error!(log, "model load failed"; "error" => %e);
+                    self.mailbox.report_load_failure(&e.to_string());
+                    return exit_code::BOOT_FAILURE;
+                }
+            };
         let stats: Arc<dyn events::EventStats> = Arc::new(self.metrics.clone());
         let (events, producer) = events::start(&event_settings(settings), log.clone(), stats);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);

@@ -41,6 +41,7 @@ const FLAGS: &[Flag] = &[
     flag("http_port", "PORT", "Replace the port of every --bind address (ml-deploy's --http-port)"),
     flag("workers", "N", "Worker processes [default: 1]"),
     flag("threads", "M", "Serving threads per worker: model calls one worker runs at once [default: 1]"),
+    flag("engine_threads", "N", "Threads one model call may use inside its engine [default: 1]"),
     flag(
         "timeout",
         "SECS",

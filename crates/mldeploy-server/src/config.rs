@@ -53,6 +53,10 @@ pub struct ServerSettings {
     pub workers: usize,
     /// Serving threads per worker: how many model calls one worker runs at once.
     pub threads: usize,
+    /// Threads one model call may use inside its engine (candle's matrix products, ONNX
+    /// Runtime's intra-op threads). 1: the workers and their serving threads are the
+    /// parallelism; more only helps a few large calls on an otherwise idle machine.
+    pub engine_threads: usize,
     /// Seconds a model call (or a worker's heartbeat) may hang before the worker is killed and
     /// replaced; 0 turns the watch off.
     pub timeout: u64,
@@ -155,6 +159,7 @@ impl Default for ServerSettings {
             http_port: None,
             workers: 1,
             threads: 1,
+            engine_threads: 1,
             timeout: 30,
             graceful_timeout: 30,
             keepalive: 2,
@@ -239,6 +244,7 @@ pub const KEYS: &[&str] = &[
     "http_port",
     "workers",
     "threads",
+    "engine_threads",
     "timeout",
     "graceful_timeout",
     "keepalive",
@@ -328,6 +334,7 @@ impl Settings {
             "http_port" => s.http_port = Some(parse_num(key, value, "a port number 1-65535")?),
             "workers" => s.workers = parse_num(key, value, "a whole number >= 1")?,
             "threads" => s.threads = parse_num(key, value, "a whole number >= 1")?,
+            "engine_threads" => s.engine_threads = parse_num(key, value, "a whole number >= 1")?,
             "timeout" => s.timeout = parse_num(key, value, "seconds (0 = off)")?,
             "graceful_timeout" => s.graceful_timeout = parse_num(key, value, "seconds")?,
             "keepalive" => s.keepalive = parse_num(key, value, "seconds")?,
@@ -404,6 +411,9 @@ impl Settings {
         }
         if s.threads == 0 || s.threads > 256 {
             return bad(format!("invalid value {} for threads: expected 1 to 256", s.threads));
+        }
+        if s.engine_threads == 0 || s.engine_threads > 256 {
+            return bad(format!("invalid value {} for engine_threads: expected 1 to 256", s.engine_threads));
         }
         if s.bind.is_empty() {
             return bad("bind: at least one address is needed".into());

@@ -32,6 +32,17 @@ fn is_mlp(kind: &str) -> bool {
     kind.starts_with("mlp_")
 }
 
+/// Make candle's matrix products use `threads` threads. candle reads its thread count from
+/// `RAYON_NUM_THREADS` at every product and has no other setting; left alone it uses every
+/// core for each call, which on top of the worker's serving threads made one-row predictions
+/// 10-30x slower on 2 cores. The user's own setting wins.
+fn use_engine_threads(threads: usize) {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // Loading runs before the worker starts its serving threads.
+        std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
+    }
+}
+
 /// Hidden-layer activations of MLPs (sklearn's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Activation {
@@ -112,8 +123,9 @@ impl EngineKinds for Dense {
         manifest: &Manifest,
         checked: &Checked,
         files: &dyn PackageFiles,
-        _ctx: &LoadContext,
+        ctx: &LoadContext,
     ) -> Result<Box<dyn Engine>, Error> {
+        use_engine_threads(ctx.engine_threads);
         let weights = files.read(WEIGHTS_FILE)?;
         Ok(Box::new(build_network(manifest, checked, &weights)?))
     }

@@ -103,6 +103,8 @@ struct AppRecord {
 struct TestApp(AppRecord);
 
 impl App for TestApp {
+    type Error = String;
+
     fn prepare(&mut self, reload: bool) -> Result<SupervisorConfig, String> {
         assert!(reload, "the first configuration is passed to Master::new");
         self.0.configs.borrow_mut().pop_front().unwrap_or_else(|| Err("no configuration queued".into()))

@@ -8,6 +8,8 @@
 //! returns a model error. Anything else echoes `data` back as the prediction; a
 //! multipart/form-data request is answered with the fields and files that arrived.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;

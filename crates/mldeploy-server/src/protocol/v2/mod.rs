@@ -578,9 +578,19 @@ fn change_model(cx: &Arc<ServeContext>, change: Change, name: &str) -> Answer {
     let name = name.to_string();
     // A reload waits for every new worker to boot: give it the master's boot allowance.
     let wait = cx.settings.graceful_timeout + std::time::Duration::from_secs(300);
+    let cx = Arc::clone(cx);
     Answer::Later(Box::pin(async move {
         match link.request(change, &name, wait).await {
-            Outcome::Done => Reply::json(StatusCode::OK, "{}"),
+            Outcome::Done => {
+                // This worker belongs to the generation the change replaced: the master has asked
+                // it to stop. Answer once it has stopped accepting, and close the connection, so
+                // the client's next request reaches a worker that serves the new set.
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while !cx.draining() && std::time::Instant::now() < until {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Reply::json(StatusCode::OK, "{}").closing()
+            }
             Outcome::Failed(reason) => bad_request(&format!("{name}: {reason}")),
             Outcome::Busy => {
                 error(StatusCode::CONFLICT, "another repository change is in progress; try again")
