@@ -11,17 +11,23 @@ PIPELINE.joblib holds a fitted estimator or Pipeline, fitted on a pandas DataFra
   preprocessing (at most one step): StandardScaler, OneHotEncoder, or a ColumnTransformer of
       StandardScaler / OneHotEncoder / 'passthrough' / 'drop' (remainder included);
   estimator: LinearRegression, LogisticRegression (binary or multinomial), MLPClassifier,
-      MLPRegressor (one output).
+      MLPRegressor (one output); tree ensembles: DecisionTree*, ExtraTree*, RandomForest*,
+      ExtraTrees*, GradientBoosting*, HistGradientBoosting* (with missing values and categorical
+      features), and, when those packages are installed, XGBoost's XGBClassifier/XGBRegressor
+      and LightGBM's LGBMClassifier/LGBMRegressor (scripts/export_trees.py).
 
-The package written to OUT_DIR is `mldeploy.json` (the manifest) and `model.safetensors` (the
-weights, float64); docs/model-package.md describes both. --training-data names a joblib file
+The package written to OUT_DIR is `mldeploy.json` (the manifest) and the model's file:
+`model.safetensors` (the weights, float64) for the linear and MLP kinds, the trees in
+mldeploy's JSON format for scikit-learn's ensembles, the library's own saved model for XGBoost
+(`model.json`) and LightGBM (`model.txt`); docs/model-package.md describes them. --training-data names a joblib file
 holding the training DataFrame: with it the feature dtypes (int, bool, float) and ranges
 (training min/max) are recorded and the sample request is the first training row. Without it,
 one-hot encoded features are categories, every other feature is a float without a range.
 
 Anything that cannot be reproduced exactly is refused with a message and exit code 2: other
 estimators or transformers, OneHotEncoder with `drop` or infrequent categories, one-vs-rest
-multiclass LogisticRegression, multi-output regressors, multilabel classifiers, ...
+multiclass LogisticRegression, multi-output regressors, multilabel classifiers, XGBoost's dart
+booster, LightGBM's linear trees, ...
 
 Loading a joblib file runs code from it: export only pipelines you trust.
 """
@@ -41,6 +47,9 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import export_trees  # noqa: E402
+
 PACKAGE_FORMAT = "mldeploy-package/1"
 MANIFEST_FILE = "mldeploy.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -49,6 +58,30 @@ HIDDEN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 
 class ExportError(Exception):
     """The pipeline cannot be exported faithfully; the message says why."""
+
+
+def json_value(value):
+    """Like json_scalar, but NaN and None become null (a missing value)."""
+    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+        return None
+    try:
+        import pandas as pd
+
+        if value is pd.NA:
+            return None
+    except ImportError:
+        pass
+    return json_scalar(value)
+
+
+def is_tree_ensemble(est):
+    """Whether `est` is an estimator the tree engine computes."""
+    module = type(est).__module__
+    if module.startswith(("xgboost", "lightgbm")):
+        return True
+    return module.startswith("sklearn.") and type(est).__name__.endswith(
+        ("Regressor", "Classifier")
+    ) and ("Tree" in type(est).__name__ or "Forest" in type(est).__name__ or "Boosting" in type(est).__name__)
 
 
 def json_scalar(value):
@@ -272,7 +305,7 @@ def build_features(feature_names, steps, closed, training_data):
     one_hot = {}
     numeric = set()
     for step in steps:
-        if step["type"] == "one_hot":
+        if step["type"] in ("one_hot", "ordinal"):
             for column, cats in zip(step["columns"], step["categories"]):
                 one_hot[column] = cats
         else:
@@ -289,8 +322,8 @@ def build_features(feature_names, steps, closed, training_data):
         elif training_data is not None and name in training_data:
             dtype = numeric_dtype(training_data, name)
             feature = {"name": name, "dtype": dtype}
-            if dtype != "bool":
-                column = training_data[name]
+            column = training_data[name].dropna()
+            if dtype != "bool" and len(column) > 0:
                 feature["values"] = {"min": json_scalar(column.min()), "max": json_scalar(column.max())}
         else:
             feature = {"name": name, "dtype": "float"}
@@ -302,16 +335,92 @@ def build_sample(features, steps, training_data):
     """A request body with one row: the first training row, or typical values."""
     names = [f["name"] for f in features]
     if training_data is not None and len(training_data) > 0:
-        row = [json_scalar(training_data[name].iloc[0]) for name in names]
+        row = [json_value(training_data[name].iloc[0]) for name in names]
         return {"data": [row], "names": names}
     typical = {}
     for step in steps:
         if step["type"] == "standard_scaler":
             typical.update(zip(step["columns"], step["mean"]))
-        elif step["type"] == "one_hot":
-            typical.update((c, cats[0]) for c, cats in zip(step["columns"], step["categories"]))
+        elif step["type"] in ("one_hot", "ordinal"):
+            typical.update((c, cats[0]) for c, cats in zip(step["columns"], step["categories"]) if cats)
     row = [typical.get(name, 0.0) for name in names]
     return {"data": [row], "names": names}
+
+
+def tree_features(feature_names, steps, closed, extra, training_data):
+    """The features of a tree package: categories for one-hot and ordinal inputs, missing values
+    where the library takes them (numeric inputs the trees see directly or through a scaler;
+    the categories of the ensemble's own categorical inputs)."""
+    features = build_features(feature_names, steps, closed, training_data)
+    by_name = {f["name"]: f for f in features}
+    takes_missing = bool(extra.get("allow_nan"))
+    for step in steps:
+        if step["type"] == "ordinal":
+            for column, cats in zip(step["columns"], step["categories"]):
+                feature = {"name": column, "dtype": "category", "missing": True}
+                if step["unknown"] == "error":
+                    feature["values"] = cats
+                by_name[column].clear()
+                by_name[column].update(feature)
+        elif step["type"] in ("passthrough", "standard_scaler") and takes_missing:
+            for column in step["columns"]:
+                by_name[column]["missing"] = True
+    return features
+
+
+def export_trees_package(model, transformer, est, feature_names, out_dir, name, version, training_data, target_name):
+    """A tree ensemble as the pipeline's final step: its model file and the manifest."""
+    try:
+        family, files, extra = export_trees.export_tree_model(est)
+    except export_trees.ExportError as e:
+        raise ExportError(str(e)) from e
+    classes = extra.get("output", {}).get("classes")
+    kind = f"{'trees' if family == 'sklearn_trees' else family}_{'classifier' if classes is not None else 'regressor'}"
+    if family == "sklearn_trees":
+        kind = "sklearn_" + kind
+    if transformer is None:
+        steps, closed = extra["preprocessing"], set()
+        inputs = extra.get("feature_names") or feature_names
+        if list(inputs) != list(feature_names):
+            raise ExportError("the ensemble's inputs are not the pipeline's features")
+    else:
+        if extra.get("categorical"):
+            raise ExportError("an ensemble with categorical inputs must be the whole pipeline (no preprocessing step before it)")
+        steps, closed = preprocessing_steps(transformer, feature_names)
+    width = sum(len(c) for step in steps if step["type"] == "one_hot" for c in step["categories"]) + sum(
+        len(step["columns"]) for step in steps if step["type"] != "one_hot"
+    )
+    if width != est.n_features_in_:
+        raise ExportError(f"the preprocessing produces {width} columns but the estimator takes {est.n_features_in_}")
+    features = tree_features(feature_names, steps, closed, extra, training_data)
+    manifest = {
+        "format": PACKAGE_FORMAT,
+        "name": name,
+        "version": version,
+        "kind": kind,
+        "features": features,
+        "preprocessing": steps,
+        "model_file": extra["model_file"],
+        "output": {"classes": classes} if classes is not None else {"target": target_name},
+        "sample": build_sample(features, steps, training_data),
+        "source": {
+            "library": family.replace("sklearn_trees", "scikit-learn"),
+            "library_version": library_version(est),
+            "estimator": type(est).__name__,
+        },
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    for file_name, data in files.items():
+        with open(os.path.join(out_dir, file_name), "wb") as f:
+            f.write(data)
+    with open(os.path.join(out_dir, MANIFEST_FILE), "w", encoding="utf-8") as f:
+        f.write(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+    return manifest
+
+
+def library_version(est):
+    module = type(est).__module__.split(".")[0]
+    return getattr(sys.modules.get(module), "__version__", "unknown")
 
 
 def export_pipeline(model, out_dir, name, version, training_data=None, target_name="y"):
@@ -325,6 +434,10 @@ def export_pipeline(model, out_dir, name, version, training_data=None, target_na
         if missing:
             raise ExportError(f"the training data lacks the feature {missing[0]!r}")
     transformer, est = split_pipeline(model)
+    if is_tree_ensemble(est):
+        return export_trees_package(
+            model, transformer, est, feature_names, out_dir, name, version, training_data, target_name
+        )
     steps, closed = preprocessing_steps(transformer, feature_names)
     kind, activation, task, layers = estimator_layers(est)
 
@@ -397,7 +510,7 @@ def main(argv=None):
     except ExportError as e:
         print(f"export_sklearn.py: cannot export: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {os.path.join(args.out_dir, MANIFEST_FILE)} and {os.path.join(args.out_dir, WEIGHTS_FILE)}")
+    print(f"wrote the package in {args.out_dir}")
     return 0
 
 

@@ -10,12 +10,13 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # Python packages: scikit-learn (reference models and the exporter), safetensors, joblib,
 # prometheus_client (parses /metrics in the tests), tritonclient (the Open Inference Protocol
 # client the V2 tests use), kubernetes-validate (checks configs/kubernetes; pinned: its
-# schemas change with each release).
-if ! python3 -c 'import sklearn, numpy, joblib, safetensors, pandas, prometheus_client, tritonclient.http, kubernetes_validate' 2>/dev/null; then
+# schemas change with each release), XGBoost (its CPU-only wheel) and LightGBM (the tree
+# tests compare with them; pinned: the engine reproduces these versions' arithmetic).
+if ! python3 -c 'import sklearn, numpy, joblib, safetensors, pandas, prometheus_client, tritonclient.http, kubernetes_validate, xgboost, lightgbm' 2>/dev/null; then
     log "installing Python packages"
     python3 -m pip install --quiet --disable-pip-version-check \
         scikit-learn numpy joblib safetensors pandas prometheus_client 'tritonclient[http]' \
-        kubernetes-validate==1.37.0
+        kubernetes-validate==1.37.0 xgboost-cpu==3.2.0 lightgbm==4.7.0
 fi
 
 # Debian packages: wrk (load tests).

@@ -163,6 +163,7 @@ fn load(_path: Option<&Path>, ctx: &LoadContext) -> Result<Arc<dyn Model>, Model
             dtype: Dtype::Category,
             values: None,
             allow_nan: false,
+            missing: false,
         }],
         outputs: json!({ "labels": ["negative", "neutral", "positive"] }),
         sample: json!({ "data": [["what a great day"]], "names": ["text"] }),

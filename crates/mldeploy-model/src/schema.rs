@@ -20,9 +20,12 @@
 //!   `true`/`false`, `0`/`1` and the strings `"true"`/`"false"`/`"0"`/`"1"`; `category` takes
 //!   strings, and numbers or booleans by their JSON text. Booleans are not numbers; objects and
 //!   lists are never values.
+//! - Missing values: a feature that sets `missing` takes `null` (and, numeric, NaN: `"NaN"`) as
+//!   a missing value: `NaN` in a numeric column, `None` in a category column
+//!   ([`Column::OptionalCategory`]). Models that handle missing values (tree ensembles) declare it.
 //! - `not_finite`: NaN and infinities (the strings `"NaN"`, `"Infinity"`, `"-Infinity"`, `null`,
-//!   or a numeric string too big for `f64`) unless the feature sets `allow_nan`; an allowed
-//!   non-finite value skips the range check. JSON numbers too big for `f64` never get here:
+//!   or a numeric string too big for `f64`) unless the feature sets `allow_nan` (or, for NaN and
+//!   `null`, `missing`); an allowed non-finite value skips the range check. JSON numbers too big for `f64` never get here:
 //!   the JSON parser refuses them.
 //! - `out_of_range`: outside the inclusive `min`/`max`.
 //! - `unknown_category`: not one of the listed values (for numeric features, compared as
@@ -88,6 +91,10 @@ pub struct Feature {
     /// "NaN", "Infinity", "-Infinity" or as null). Off by default.
     #[serde(default)]
     pub allow_nan: bool,
+    /// Whether a value may be missing (`null`, or NaN for a number): the model handles missing
+    /// values itself. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
 }
 
 fn default_dtype() -> Dtype {
@@ -97,18 +104,62 @@ fn default_dtype() -> Dtype {
 /// A column of validated values, in row order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Column {
-    /// `float`, `int` and `bool` features, as `f64` (bool as 0.0/1.0).
+    /// `float`, `int` and `bool` features, as `f64` (bool as 0.0/1.0; NaN when missing).
     Numeric(Vec<f64>),
     /// `category` features, as text.
     Category(Vec<String>),
+    /// `category` features that may be missing (`missing: true`): `None` when missing.
+    OptionalCategory(Vec<Option<String>>),
 }
 
 impl Column {
+    /// An empty column for values of `feature`.
+    pub fn for_feature(feature: &Feature, capacity: usize) -> Column {
+        match (feature.dtype, feature.missing) {
+            (Dtype::Category, false) => Column::Category(Vec::with_capacity(capacity)),
+            (Dtype::Category, true) => Column::OptionalCategory(Vec::with_capacity(capacity)),
+            _ => Column::Numeric(Vec::with_capacity(capacity)),
+        }
+    }
+
     /// Number of values.
     pub fn len(&self) -> usize {
         match self {
             Column::Numeric(v) => v.len(),
             Column::Category(v) => v.len(),
+            Column::OptionalCategory(v) => v.len(),
+        }
+    }
+
+    /// The text of row `row` of a category column (`None`: missing, or a numeric column).
+    pub fn category(&self, row: usize) -> Option<&str> {
+        match self {
+            Column::Category(v) => Some(&v[row]),
+            Column::OptionalCategory(v) => v[row].as_deref(),
+            Column::Numeric(_) => None,
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Column::Numeric(v) => v.truncate(len),
+            Column::Category(v) => v.truncate(len),
+            Column::OptionalCategory(v) => v.truncate(len),
+        }
+    }
+
+    /// Convert `value` as `feature` says and append it.
+    fn push(&mut self, feature: &Feature, value: Cell<'_>) -> Result<(), Fault> {
+        match self {
+            Column::Numeric(col) => numeric(feature, value).map(|x| col.push(x)),
+            Column::Category(col) => category(feature, value).map(|s| col.push(s)),
+            Column::OptionalCategory(col) => match value.plain() {
+                Cell::Json(Value::Null) => {
+                    col.push(None);
+                    Ok(())
+                }
+                other => category(feature, other).map(|s| col.push(Some(s))),
+            },
         }
     }
     /// Whether the column is empty.
@@ -253,14 +304,7 @@ impl Schema {
             _ => Some(self.features.len()),
         };
 
-        let mut columns: Vec<Column> = self
-            .features
-            .iter()
-            .map(|f| match f.dtype {
-                Dtype::Category => Column::Category(Vec::with_capacity(n_rows)),
-                _ => Column::Numeric(Vec::with_capacity(n_rows)),
-            })
-            .collect();
+        let mut columns: Vec<Column> = self.features.iter().map(|f| Column::for_feature(f, n_rows)).collect();
         let mut source_rows = Vec::with_capacity(n_rows);
         let mut bad_rows = 0;
 
@@ -293,11 +337,7 @@ impl Schema {
                         );
                         continue;
                     };
-                    let converted = match column {
-                        Column::Numeric(col) => numeric(feature, Cell::Json(value)).map(|x| col.push(x)),
-                        Column::Category(col) => category(feature, Cell::Json(value)).map(|s| col.push(s)),
-                    };
-                    if let Err(fault) = converted {
+                    if let Err(fault) = column.push(feature, Cell::Json(value)) {
                         errors.push(Some(i), Some(&feature.name), fault.reason, fault.message);
                     }
                 }
@@ -306,10 +346,7 @@ impl Schema {
                 bad_rows += 1;
                 let keep = source_rows.len();
                 for column in &mut columns {
-                    match column {
-                        Column::Numeric(v) => v.truncate(keep),
-                        Column::Category(v) => v.truncate(keep),
-                    }
+                    column.truncate(keep);
                 }
             } else {
                 source_rows.push(i);
@@ -344,25 +381,13 @@ impl Schema {
             );
             return Err(errors.into_invalid(0, n_rows));
         }
-        let mut columns: Vec<Column> = self
-            .features
-            .iter()
-            .map(|f| match f.dtype {
-                Dtype::Category => Column::Category(Vec::with_capacity(n_rows)),
-                _ => Column::Numeric(Vec::with_capacity(n_rows)),
-            })
-            .collect();
+        let mut columns: Vec<Column> = self.features.iter().map(|f| Column::for_feature(f, n_rows)).collect();
         let mut source_rows = Vec::with_capacity(n_rows);
         let mut bad_rows = 0;
         for row in 0..n_rows {
             let before = errors.total;
             for ((feature, column), input) in self.features.iter().zip(columns.iter_mut()).zip(inputs) {
-                let cell = input.cell(row);
-                let converted = match column {
-                    Column::Numeric(col) => numeric(feature, cell).map(|x| col.push(x)),
-                    Column::Category(col) => category(feature, cell).map(|s| col.push(s)),
-                };
-                if let Err(fault) = converted {
+                if let Err(fault) = column.push(feature, input.cell(row)) {
                     errors.push(Some(row), Some(&feature.name), fault.reason, fault.message);
                 }
             }
@@ -370,10 +395,7 @@ impl Schema {
                 bad_rows += 1;
                 let keep = source_rows.len();
                 for column in &mut columns {
-                    match column {
-                        Column::Numeric(v) => v.truncate(keep),
-                        Column::Category(v) => v.truncate(keep),
-                    }
+                    column.truncate(keep);
                 }
             } else {
                 source_rows.push(row);
@@ -560,7 +582,7 @@ fn numeric(feature: &Feature, v: Cell<'_>) -> Result<f64, Fault> {
         Dtype::Category => return Err(wrong_type("a category", v)),
     };
     if !x.is_finite() {
-        if feature.allow_nan {
+        if feature.allow_nan || (feature.missing && x.is_nan()) {
             return Ok(x);
         }
         return Err(fault(
@@ -744,7 +766,12 @@ mod tests {
     use serde_json::json;
 
     fn feature(name: &str, dtype: Dtype, values: Option<FeatureValues>) -> Feature {
-        Feature { name: name.into(), dtype, values, allow_nan: false }
+        Feature { name: name.into(), dtype, values, allow_nan: false, missing: false }
+    }
+
+    fn validate(schema: &Schema, body: Value) -> Result<Validated, ModelError> {
+        let (rows, on_error) = decode_rows(&body).unwrap();
+        schema.validate(&rows, on_error)
     }
 
     /// Titanic-like: Age float 0..=120, Pclass int in {1,2,3}, Sex category, Alone bool.
@@ -1031,6 +1058,34 @@ mod tests {
         let long = "y".repeat(10_000);
         let e = &errors(json!({"data": [[long, 1, "male", true]]}))[0];
         assert!(e.message.len() < 200, "{}", e.message.len());
+    }
+
+    #[test]
+    fn missing_values_where_the_feature_takes_them() {
+        let mut x = feature("x", Dtype::Float, Some(FeatureValues::Range { min: Some(0.0), max: None }));
+        x.missing = true;
+        let mut c = feature("c", Dtype::Category, None);
+        c.missing = true;
+        let schema = Schema::new(vec![x, c, feature("y", Dtype::Float, None)]);
+        let v = validate(&schema, json!({"data": [[null, null, 1], ["NaN", "a", 2], [1, "b", 3]]})).unwrap();
+        let Column::Numeric(xs) = &v.table.columns[0] else { panic!() };
+        assert!(xs[0].is_nan() && xs[1].is_nan() && xs[2] == 1.0);
+        assert_eq!(
+            v.table.columns[1],
+            Column::OptionalCategory(vec![None, Some("a".into()), Some("b".into())])
+        );
+        assert_eq!(v.table.columns[1].category(1), Some("a"));
+        // Infinities are values, not missing ones; other features still refuse null.
+        let e = validate(&schema, json!({"data": [["Infinity", "a", 1], [1, "a", null]]})).unwrap_err();
+        let ModelError::Invalid { errors, .. } = e else { panic!() };
+        let found: Vec<_> = errors.iter().map(|e| (e.row, e.feature.clone(), e.reason.clone())).collect();
+        assert_eq!(
+            found,
+            [
+                (Some(0), Some("x".into()), "not_finite".into()),
+                (Some(1), Some("y".into()), "not_finite".into())
+            ]
+        );
     }
 
     #[test]

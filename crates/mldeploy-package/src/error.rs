@@ -20,6 +20,13 @@ pub enum Error {
     /// `model.safetensors` is unreadable, lacks a tensor, or holds a tensor of the wrong type or
     /// shape.
     Weights(String),
+    /// A model file (a tree ensemble's) is unreadable, broken or not supported.
+    Model {
+        /// The file, in the package.
+        file: String,
+        /// What is wrong, naming the part of the file.
+        message: String,
+    },
     /// The manifest and the weights do not fit together (input width, output width).
     Mismatch(String),
     /// The shared feedback slots cannot hold this model's figures.
@@ -34,6 +41,7 @@ impl std::fmt::Display for Error {
             Error::File { path, message } => write!(f, "{}: {message}", path.display()),
             Error::Manifest(m) => write!(f, "mldeploy.json: {m}"),
             Error::Weights(m) => write!(f, "model.safetensors: {m}"),
+            Error::Model { file, message } => write!(f, "{file}: {message}"),
             Error::Mismatch(m) => write!(f, "mldeploy.json and the model's files do not match: {m}"),
             Error::Slots(m) => write!(f, "feedback figures: {m}"),
             Error::Compute(m) => write!(f, "computation failed: {m}"),

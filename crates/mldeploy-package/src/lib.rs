@@ -34,6 +34,8 @@ use std::sync::Arc;
 
 use mldeploy_model::{LoadContext, Model, ModelError, ModelLoader};
 
+#[cfg(feature = "trees")]
+pub use engine::trees;
 pub use engine::{Prediction, Task};
 pub use error::Error;
 pub use feedback::{ClassifierFigures, Figures, RegressorFigures};

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use mldeploy_model::{Dtype, Feature};
+use mldeploy_model::{Dtype, Feature, FeatureValues};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -29,7 +29,9 @@ pub struct Manifest {
     /// (default `/<name>/api/ml`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_prefix: Option<String>,
-    /// Input features in the order clients send them (the request schema).
+    /// Input features in the order clients send them (the request schema). An engine whose
+    /// model file names its inputs fills them in when they are left out.
+    #[serde(default)]
     pub features: Vec<Feature>,
     /// How the features become the model's input columns; the steps' outputs are placed side
     /// by side in this order. Empty: every feature as it is.
@@ -39,10 +41,15 @@ pub struct Manifest {
     /// `layers.{n-1}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<usize>,
+    /// Kinds computed from one model file (tree ensembles): its name in the package (each kind
+    /// has a default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_file: Option<String>,
     /// Hidden-layer activation of an MLP: `identity`, `logistic`, `tanh` or `relu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<String>,
     /// What the model predicts.
+    #[serde(default)]
     pub output: Output,
     /// A request body that predicts successfully.
     #[serde(default)]
@@ -78,6 +85,30 @@ pub enum Step {
         /// The features.
         columns: Vec<String>,
     },
+    /// One column per category feature holding the index of the row's category in the list,
+    /// as a number; a missing category is NaN, and so is an unknown one with
+    /// `unknown: "missing"` (with `unknown: "error"` the feature must list its categories in
+    /// `values`, so that validation refuses others).
+    Ordinal {
+        /// The category features encoded.
+        columns: Vec<String>,
+        /// The categories of each feature, in code order.
+        categories: Vec<Vec<Value>>,
+        /// What an unknown category becomes.
+        #[serde(default)]
+        unknown: Unknown,
+    },
+}
+
+/// What the `ordinal` step makes of a category not in its list.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Unknown {
+    /// A missing value (NaN).
+    #[default]
+    Missing,
+    /// Refused by validation (the feature lists its categories).
+    Error,
 }
 
 impl Step {
@@ -86,6 +117,7 @@ impl Step {
             Step::StandardScaler { .. } => "standard_scaler",
             Step::OneHot { .. } => "one_hot",
             Step::Passthrough { .. } => "passthrough",
+            Step::Ordinal { .. } => "ordinal",
         }
     }
 
@@ -93,8 +125,14 @@ impl Step {
         match self {
             Step::StandardScaler { columns, .. }
             | Step::OneHot { columns, .. }
-            | Step::Passthrough { columns } => columns,
+            | Step::Passthrough { columns }
+            | Step::Ordinal { columns, .. } => columns,
         }
+    }
+
+    /// Whether the step reads category features (else numeric ones).
+    fn reads_categories(&self) -> bool {
+        matches!(self, Step::OneHot { .. } | Step::Ordinal { .. })
     }
 }
 
@@ -225,7 +263,7 @@ impl Manifest {
                     return bad(format!("{what} names {column:?}, which is not a feature"));
                 };
                 let numeric = feature.dtype != Dtype::Category;
-                let wants_numeric = !matches!(step, Step::OneHot { .. });
+                let wants_numeric = !step.reads_categories();
                 if numeric != wants_numeric {
                     let need = if wants_numeric { "a float, int or bool" } else { "a category" };
                     return bad(format!(
@@ -272,8 +310,30 @@ impl Manifest {
                     categories.iter().map(Vec::len).sum()
                 }
                 Step::Passthrough { columns } => columns.len(),
+                Step::Ordinal { columns, categories, unknown } => {
+                    if categories.len() != columns.len() {
+                        return bad(format!(
+                            "{what} has {} columns but {} category lists",
+                            columns.len(),
+                            categories.len()
+                        ));
+                    }
+                    for (column, cats) in columns.iter().zip(categories) {
+                        distinct_labels(&format!("{what}, categories of {column:?}"), cats)?;
+                        let feature = self.features.iter().find(|f| &f.name == column);
+                        let listed =
+                            feature.is_some_and(|f| matches!(f.values, Some(FeatureValues::Categories(_))));
+                        if *unknown == Unknown::Error && !listed {
+                            return bad(format!(
+                                "{what}: unknown categories of {column:?} are refused, so the feature must list its \
+                                 categories in `values`"
+                            ));
+                        }
+                    }
+                    columns.len()
+                }
             };
-            if !matches!(step, Step::OneHot { .. }) {
+            if !step.reads_categories() {
                 let label =
                     if matches!(step, Step::StandardScaler { .. }) { "scaled" } else { "passed through" };
                 breakdown.push(format!("{}: {width} {label}", columns.join(", ")));

@@ -75,10 +75,13 @@ impl PackageModel {
     /// Build a model from a manifest and the package's other files, checking that they fit
     /// together; the feedback figures go into `ctx.shared`.
     pub(crate) fn from_parts(
-        manifest: Manifest,
+        mut manifest: Manifest,
         files: &dyn PackageFiles,
         ctx: &LoadContext,
     ) -> Result<Self, Error> {
+        if let Some((engine, _)) = crate::engine::find(&manifest.kind) {
+            engine.complete(&mut manifest, files)?;
+        }
         let checked = manifest.check()?;
         let engine = checked.engine.load(&manifest, &checked, files, ctx)?;
         let preprocessor = Preprocessor::new(&manifest.features, &checked.steps);

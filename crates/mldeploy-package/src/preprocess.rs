@@ -51,9 +51,28 @@ impl Categories {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Scale { feature: usize, offset: usize, mean: f64, scale: f64 },
-    Pass { feature: usize, offset: usize },
-    OneHot { feature: usize, offset: usize, categories: Categories },
+    Scale {
+        feature: usize,
+        offset: usize,
+        mean: f64,
+        scale: f64,
+    },
+    Pass {
+        feature: usize,
+        offset: usize,
+    },
+    OneHot {
+        feature: usize,
+        offset: usize,
+        categories: Categories,
+    },
+    /// The category's index; NaN when missing or unknown (validation refused unknown ones
+    /// where the manifest says so).
+    Ordinal {
+        feature: usize,
+        offset: usize,
+        categories: Categories,
+    },
 }
 
 /// Builds the input matrix from a table, as the manifest's preprocessing says.
@@ -91,6 +110,16 @@ impl Preprocessor {
                     for (c, cats) in columns.iter().zip(categories) {
                         ops.push(Op::OneHot { feature: index(c), offset, categories: Categories::new(cats) });
                         offset += cats.len();
+                    }
+                }
+                Step::Ordinal { columns, categories, .. } => {
+                    for (c, cats) in columns.iter().zip(categories) {
+                        ops.push(Op::Ordinal {
+                            feature: index(c),
+                            offset,
+                            categories: Categories::new(cats),
+                        });
+                        offset += 1;
                     }
                 }
             }
@@ -145,12 +174,19 @@ impl Preprocessor {
                     }
                 }
                 Op::OneHot { feature, offset, categories } => {
-                    let Column::Category(values) = &table.columns[*feature] else { unreachable!("checked") };
-                    for (row, text) in values.iter().enumerate() {
-                        // An unknown category leaves the row's columns at zero.
-                        if let Some(k) = categories.find(text) {
+                    let column = &table.columns[*feature];
+                    for row in 0..table.n_rows {
+                        // An unknown or missing category leaves the row's columns at zero.
+                        if let Some(k) = column.category(row).and_then(|text| categories.find(text)) {
                             out[row * width + offset + k] = 1.0;
                         }
+                    }
+                }
+                Op::Ordinal { feature, offset, categories } => {
+                    let column = &table.columns[*feature];
+                    for row in 0..table.n_rows {
+                        let code = column.category(row).and_then(|text| categories.find(text));
+                        out[row * width + offset] = code.map_or(f64::NAN, |k| k as f64);
                     }
                 }
             }

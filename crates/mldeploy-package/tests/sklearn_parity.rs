@@ -107,7 +107,8 @@ const REFUSALS: &str = r#"
 import contextlib, io, json, os, sys, warnings
 import joblib, numpy as np, pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import Pipeline
@@ -121,7 +122,8 @@ X = pd.DataFrame({"a": rng.rand(40), "b": rng.rand(40), "c": rng.choice(["x", "y
 y = (X["a"] > 0.5).astype(int)
 num = X[["a", "b"]]
 cases = {
-    "forest": (RandomForestClassifier(n_estimators=2, random_state=0).fit(num, y), "estimator RandomForestClassifier is not supported"),
+    "neighbours": (KNeighborsClassifier().fit(num, y), "estimator KNeighborsClassifier is not supported"),
+    "boosting-init": (GradientBoostingClassifier(init=LogisticRegression(), n_estimators=2).fit(num, y), "GradientBoosting with init estimator LogisticRegression is not supported"),
     "drop": (Pipeline([("oh", OneHotEncoder(drop="first")), ("m", LogisticRegression())]).fit(X[["c"]], y), "OneHotEncoder with drop='first'"),
     "infrequent": (Pipeline([("oh", OneHotEncoder(min_frequency=5, handle_unknown="infrequent_if_exist")), ("m", LogisticRegression())]).fit(X[["c"]], y), "infrequent categories"),
     "minmax": (Pipeline([("s", MinMaxScaler()), ("m", LogisticRegression())]).fit(num, y), "preprocessing step MinMaxScaler is not supported"),
@@ -155,7 +157,7 @@ fn exporter_refuses_what_it_cannot_export_faithfully() {
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(result.status.success(), "the refusal cases failed: {}", String::from_utf8_lossy(&result.stderr));
     let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
-    assert_eq!(lines.len(), 8, "{stdout}");
+    assert_eq!(lines.len(), 9, "{stdout}");
     for line in &lines {
         let (case, stderr, want) =
             (&line["case"], line["stderr"].as_str().unwrap(), line["want"].as_str().unwrap());
@@ -171,16 +173,15 @@ fn exporter_refuses_what_it_cannot_export_faithfully() {
     let result = Command::new("python3")
         .args(["-W", "ignore"])
         .arg(scripts_dir().join("export_sklearn.py"))
-        .arg(dir.path().join("forest.joblib"))
-        .arg(dir.path().join("forest-package"))
+        .arg(dir.path().join("neighbours.joblib"))
+        .arg(dir.path().join("neighbours-package"))
         .args(["--name", "x", "--version", "1"])
         .output()
         .expect("run export_sklearn.py");
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(2), "stderr: {stderr}");
     assert!(
-        stderr
-            .contains("export_sklearn.py: cannot export: estimator RandomForestClassifier is not supported"),
+        stderr.contains("export_sklearn.py: cannot export: estimator KNeighborsClassifier is not supported"),
         "{stderr}"
     );
 }

@@ -116,6 +116,12 @@ fuzz_target!(|data: &[u8]| {
                         assert_eq!(f.dtype, Dtype::Category);
                         check_category(&f.name, values);
                     }
+                    Column::OptionalCategory(values) => {
+                        assert_eq!(f.dtype, Dtype::Category);
+                        assert!(f.missing, "only features taking missing values have optional categories");
+                        let known: Vec<String> = values.iter().flatten().cloned().collect();
+                        check_category(&f.name, &known);
+                    }
                 }
             }
             if on_error == OnError::Reject {

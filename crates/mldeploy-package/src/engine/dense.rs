@@ -102,6 +102,12 @@ impl EngineKinds for Dense {
 
     fn check(&self, manifest: &Manifest, kind: &str) -> Result<(), Error> {
         let bad = |m: String| Err(Error::Manifest(m));
+        if let Some(f) = manifest.features.iter().find(|f| f.missing) {
+            return bad(format!(
+                "kind {kind} cannot take missing values, but feature {:?} allows them",
+                f.name
+            ));
+        }
         match (&manifest.activation, is_mlp(kind)) {
             (Some(name), true) if Activation::parse(name).is_none() => {
                 return bad(format!("unknown activation {name:?} (known: {})", Activation::NAMES.join(", ")))

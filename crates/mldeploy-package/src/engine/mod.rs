@@ -7,6 +7,8 @@
 
 #[cfg(feature = "candle")]
 mod dense;
+#[cfg(feature = "trees")]
+pub mod trees;
 
 use std::fmt::Debug;
 
@@ -53,6 +55,12 @@ pub(crate) trait EngineKinds: Sync {
     /// The manifest kinds this engine computes, with what each predicts.
     fn kinds(&self) -> &'static [(&'static str, Task)];
 
+    /// Fill in what a manifest may leave out because the engine's own files say it (the
+    /// features and classes of a model file saved by its library). Runs before the checks.
+    fn complete(&self, _manifest: &mut Manifest, _files: &dyn PackageFiles) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Check the manifest fields this engine reads (before any other file is read).
     fn check(&self, manifest: &Manifest, kind: &str) -> Result<(), Error>;
 
@@ -70,6 +78,8 @@ pub(crate) trait EngineKinds: Sync {
 static ENGINES: &[&dyn EngineKinds] = &[
     #[cfg(feature = "candle")]
     &dense::Dense,
+    #[cfg(feature = "trees")]
+    &trees::Trees,
 ];
 
 /// The engine that computes `kind`, and what the kind predicts.

@@ -41,12 +41,14 @@ fn fake_info(with_schema: bool) -> ModelInfo {
                 dtype: Dtype::Float,
                 values: Some(FeatureValues::Range { min: Some(0.0), max: Some(10.0) }),
                 allow_nan: false,
+                missing: false,
             },
             Feature {
                 name: "c".into(),
                 dtype: Dtype::Category,
                 values: Some(FeatureValues::Categories(vec![json!("a"), json!("b")])),
                 allow_nan: false,
+                missing: false,
             },
         ]
     } else {

@@ -323,6 +323,7 @@ impl Serialize for EchoRow<'_> {
         for (feature, column) in self.features.iter().zip(&self.table.columns) {
             match column {
                 Column::Category(v) => row.serialize_element(&v[self.row])?,
+                Column::OptionalCategory(v) => row.serialize_element(&v[self.row])?,
                 Column::Numeric(v) => {
                     let x = v[self.row];
                     match feature.dtype {
