@@ -409,13 +409,18 @@ def export_trees_package(model, transformer, est, feature_names, out_dir, name, 
             "estimator": type(est).__name__,
         },
     }
+    write_package(out_dir, manifest, files)
+    return manifest
+
+
+def write_package(out_dir, manifest, files):
+    """Write the manifest and the model's files (name -> bytes) into `out_dir`."""
     os.makedirs(out_dir, exist_ok=True)
     for file_name, data in files.items():
         with open(os.path.join(out_dir, file_name), "wb") as f:
             f.write(data)
     with open(os.path.join(out_dir, MANIFEST_FILE), "w", encoding="utf-8") as f:
         f.write(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-    return manifest
 
 
 def library_version(est):
@@ -481,10 +486,7 @@ def export_pipeline(model, out_dir, name, version, training_data=None, target_na
         tensors[f"layers.{i}.weight"] = np.ascontiguousarray(weight, dtype=np.float64)
         tensors[f"layers.{i}.bias"] = np.ascontiguousarray(bias, dtype=np.float64)
 
-    os.makedirs(out_dir, exist_ok=True)
-    text = json.dumps(manifest, indent=2, allow_nan=False)
-    with open(os.path.join(out_dir, MANIFEST_FILE), "w", encoding="utf-8") as f:
-        f.write(text + "\n")
+    write_package(out_dir, manifest, {})
     save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE), metadata={"format": PACKAGE_FORMAT})
     return manifest
 

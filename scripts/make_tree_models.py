@@ -32,6 +32,7 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import export_sklearn  # noqa: E402
 import export_trees  # noqa: E402
+from make_tree_fixtures import f32_neighbours, splits_of  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -87,49 +88,11 @@ def category_data(seed, task, n=800):
     return df, np.asarray(y)
 
 
-def f32_neighbours(t):
-    """Numbers at a threshold, its f64 neighbours, and the edges of its float32 rounding."""
-    out = [t, np.nextafter(t, np.inf), np.nextafter(t, -np.inf)]
-    if math.isfinite(t) and abs(t) < 3e38:
-        f = np.float32(t)
-        for g in (f, np.nextafter(f, np.float32(np.inf)), np.nextafter(f, np.float32(-np.inf))):
-            for h in (np.nextafter(g, np.float32(np.inf)), np.nextafter(g, np.float32(-np.inf))):
-                mid = (float(g) + float(h)) / 2
-                out += [mid, np.nextafter(mid, np.inf), np.nextafter(mid, -np.inf), float(g)]
-    return [float(v) for v in out if math.isfinite(v)]
-
-
-def split_thresholds(family, files):
-    """(input index, threshold) of the numeric splits of an exported model."""
-    out = []
-    if family == "sklearn_trees":
-        for tree in json.loads(files["model.json"])["trees"]:
-            cat = tree.get("cat_bitset") or [-1] * len(tree["left"])
-            for f, t, left, c in zip(tree["feature"], tree["threshold"], tree["left"], cat):
-                if left >= 0 and c < 0 and isinstance(t, float):
-                    out.append((f, t))
-    elif family == "xgboost":
-        model = json.loads(files["model.json"])
-        for tree in model["learner"]["gradient_booster"]["model"]["trees"]:
-            kinds = tree.get("split_type") or [0] * len(tree["left_children"])
-            for f, t, left, k in zip(tree["split_indices"], tree["split_conditions"], tree["left_children"], kinds):
-                if left >= 0 and k == 0:
-                    out.append((f, float(t)))
-    else:
-        for block in files["model.txt"].decode().split("\nTree=")[1:]:
-            kv = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-            if "split_feature" in kv:
-                for f, t, d in zip(kv["split_feature"].split(), kv["threshold"].split(), kv["decision_type"].split()):
-                    if int(d) & 1 == 0:
-                        out.append((int(f), float(t)))
-    return out
-
-
 def boundary_rows(train, estimator, rng, limit=40):
     """Training rows with one number moved onto or next to a split threshold."""
     family, files, _ = export_trees.export_tree_model(estimator)
     numeric = [i for i, c in enumerate(train.columns) if not isinstance(train[c].dtype, pd.CategoricalDtype)]
-    splits = [(f, t) for f, t in split_thresholds(family, files) if f in numeric]
+    splits = [(f, t) for f, t in splits_of(family, files) if f in numeric]
     rows = []
     for i in rng.choice(len(splits), size=min(limit, len(splits)), replace=False) if splits else []:
         f, t = splits[i]

@@ -16,35 +16,17 @@ use std::sync::OnceLock;
 use common::Server;
 use serde_json::{json, Value};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// The packages and the libraries' answers, built once; `None` when Python or its packages
 /// are missing and not required.
 fn models() -> Option<&'static Path> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
     DIR.get_or_init(|| {
-        let required = std::env::var("MLDEPLOY_REQUIRE_PYTHON").as_deref() == Ok("1");
-        let ready = Command::new("python3").args(["-c", "import sklearn, xgboost, lightgbm"]).status();
-        if !ready.is_ok_and(|s| s.success()) {
-            assert!(
-                !required,
-                "python3 with scikit-learn, xgboost and lightgbm is needed: run scripts/setup-test-deps.sh"
-            );
-            eprintln!("SKIPPED: python3 with scikit-learn, xgboost and lightgbm is missing");
+        if !common::python_has("sklearn, xgboost, lightgbm") {
             return None;
         }
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tree-models");
         let _ = std::fs::remove_dir_all(&dir);
-        let out = Command::new("python3")
-            .arg(repo_root().join("scripts/make_tree_models.py"))
-            .arg(&dir)
-            .arg("--require-all")
-            .env("OMP_NUM_THREADS", "1")
-            .output()
-            .expect("run make_tree_models.py");
-        assert!(out.status.success(), "tree models: {}", String::from_utf8_lossy(&out.stderr));
+        common::run_script("make_tree_models.py", &[dir.as_os_str(), "--require-all".as_ref()]);
         Some(dir)
     })
     .as_deref()

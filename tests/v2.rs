@@ -20,37 +20,18 @@ use serde_json::{json, Value};
 const BREAST_CANCER: &str = "breast-cancer-logistic";
 const TITANIC: &str = "titanic-logistic";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn required() -> bool {
-    std::env::var("MLDEPLOY_REQUIRE_PYTHON").as_deref() == Ok("1")
-}
-
 /// The reference packages and sklearn's answers, built once; `None` when Python or its
 /// packages are missing and not required.
 fn packages() -> Option<&'static Path> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
     DIR.get_or_init(|| {
-        let ready = Command::new("python3").args(["-c", "import sklearn, tritonclient.http"]).status();
-        if !ready.is_ok_and(|s| s.success()) {
-            assert!(
-                !required(),
-                "python3 with scikit-learn and tritonclient is needed: run scripts/setup-test-deps.sh"
-            );
-            eprintln!("SKIPPED: python3 with scikit-learn and tritonclient is missing");
+        if !common::python_has("sklearn, tritonclient.http") {
             return None;
         }
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("v2-reference-models");
         let _ = std::fs::remove_dir_all(&dir);
-        let out = Command::new("python3")
-            .arg(repo_root().join("scripts/make_reference_models.py"))
-            .arg(&dir)
-            .args(["--only", BREAST_CANCER, "--only", TITANIC])
-            .output()
-            .expect("run make_reference_models.py");
-        assert!(out.status.success(), "reference models: {}", String::from_utf8_lossy(&out.stderr));
+        let only = ["--only", BREAST_CANCER, "--only", TITANIC].map(std::ffi::OsStr::new);
+        common::run_script("make_reference_models.py", &[&[dir.as_os_str()], &only[..]].concat());
         Some(dir)
     })
     .as_deref()
@@ -91,7 +72,7 @@ fn serve(root: &Path) -> Server {
 /// Run tests/v2_client.py with `args`; its stdout's JSON, or a failure with everything said.
 fn client(server: &Server, args: &[&str]) -> Value {
     let out = Command::new("python3")
-        .arg(repo_root().join("tests/v2_client.py"))
+        .arg(common::repo_root().join("tests/v2_client.py"))
         .arg(args[0])
         .arg(server.addr.to_string())
         .args(&args[1..])

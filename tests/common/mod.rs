@@ -13,6 +13,38 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The repository's top directory.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Whether python3 can import every module of `modules` (comma-separated). A missing one
+/// fails the test when MLDEPLOY_REQUIRE_PYTHON=1 (CI), and skips it with a message otherwise.
+pub fn python_has(modules: &str) -> bool {
+    let ready = Command::new("python3").args(["-c", &format!("import {modules}")]).status();
+    if ready.is_ok_and(|s| s.success()) {
+        return true;
+    }
+    assert!(
+        std::env::var("MLDEPLOY_REQUIRE_PYTHON").as_deref() != Ok("1"),
+        "python3 with {modules} is needed: run scripts/setup-test-deps.sh"
+    );
+    eprintln!("SKIPPED: python3 with {modules} is missing");
+    false
+}
+
+/// Run `python3 scripts/<script> ARGS`, one thread for the numeric libraries; panics with its
+/// error output when it fails.
+pub fn run_script(script: &str, args: &[&std::ffi::OsStr]) {
+    let out = Command::new("python3")
+        .arg(repo_root().join("scripts").join(script))
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Path of the binary under test.
 pub fn binary() -> PathBuf {
     option_env!("CARGO_BIN_EXE_mldeploy")

@@ -189,6 +189,18 @@ fn distinct_labels(what: &str, labels: &[Value]) -> Result<(), Error> {
     Ok(())
 }
 
+/// A step's category lists must be one per column.
+fn one_list_per_column(what: &str, columns: &[String], categories: &[Vec<Value>]) -> Result<(), Error> {
+    if categories.len() != columns.len() {
+        return Err(Error::Manifest(format!(
+            "{what} has {} columns but {} category lists",
+            columns.len(),
+            categories.len()
+        )));
+    }
+    Ok(())
+}
+
 impl Manifest {
     /// Parse `mldeploy.json`.
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, Error> {
@@ -293,13 +305,7 @@ impl Manifest {
                     columns.len()
                 }
                 Step::OneHot { columns, categories } => {
-                    if categories.len() != columns.len() {
-                        return bad(format!(
-                            "{what} has {} columns but {} category lists",
-                            columns.len(),
-                            categories.len()
-                        ));
-                    }
+                    one_list_per_column(&what, columns, categories)?;
                     for (column, cats) in columns.iter().zip(categories) {
                         if cats.is_empty() {
                             return bad(format!("{what}: feature {column:?} has no categories"));
@@ -311,13 +317,7 @@ impl Manifest {
                 }
                 Step::Passthrough { columns } => columns.len(),
                 Step::Ordinal { columns, categories, unknown } => {
-                    if categories.len() != columns.len() {
-                        return bad(format!(
-                            "{what} has {} columns but {} category lists",
-                            columns.len(),
-                            categories.len()
-                        ));
-                    }
+                    one_list_per_column(&what, columns, categories)?;
                     for (column, cats) in columns.iter().zip(categories) {
                         distinct_labels(&format!("{what}, categories of {column:?}"), cats)?;
                         let feature = self.features.iter().find(|f| &f.name == column);
