@@ -411,10 +411,12 @@ def _routes(app):
 
 def wsgi_call(app, method, path, query, headers, body):
     """Call APP as a WSGI server would: (status, [(name, value)], body bytes)."""
+    from urllib.parse import unquote_to_bytes
     environ = {
         "REQUEST_METHOD": method,
         "SCRIPT_NAME": "",
-        "PATH_INFO": path,
+        # PEP 3333: the path percent-decoded, its bytes as a latin-1 string.
+        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
         "QUERY_STRING": query,
         "SERVER_NAME": "localhost",
         "SERVER_PORT": "80",
