@@ -235,6 +235,10 @@ pub(crate) const WORKER_SIGNALS: [Signal; 9] = [
     Signal::SIGPIPE,
 ];
 
+/// Linux's flag for the C library's signal-return trampoline (not exported by `libc` for every
+/// target).
+const SA_RESTORER: libc::c_int = 0x0400_0000;
+
 /// A signal's disposition as the kernel holds it.
 #[derive(Clone, Copy)]
 pub(crate) struct Disposition {
@@ -270,9 +274,9 @@ pub(crate) fn restore_dispositions(saved: &[Disposition]) -> Vec<Signal> {
     let mut restored = Vec::new();
     for saved in saved {
         let Ok(now) = read_disposition(saved.signal) else { continue };
-        if now.action.sa_sigaction == saved.action.sa_sigaction
-            && now.action.sa_flags == saved.action.sa_flags
-        {
+        // The C library adds SA_RESTORER (its return trampoline) to every action it installs.
+        let flags = |d: &Disposition| d.action.sa_flags & !SA_RESTORER;
+        if now.action.sa_sigaction == saved.action.sa_sigaction && flags(&now) == flags(saved) {
             continue;
         }
         // SAFETY: `saved.action` was read from the kernel for this signal in this process: its

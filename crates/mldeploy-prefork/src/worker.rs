@@ -527,6 +527,19 @@ mod tests {
     }
 
     #[test]
+    fn signal_dispositions_changed_since_are_put_back() {
+        use nix::sys::signal::{signal, SigHandler};
+        let handle = single_handle(1);
+        handle.keep_signals().expect("read the dispositions");
+        assert!(handle.restore_signals().is_empty(), "nothing changed yet");
+        // Model code takes a signal of the worker's (as Python's signal.signal would).
+        // SAFETY: SIG_IGN runs no code; no other test uses SIGUSR2.
+        unsafe { signal(Signal::SIGUSR2, SigHandler::SigIgn) }.expect("ignore SIGUSR2");
+        assert_eq!(handle.restore_signals(), ["SIGUSR2"]);
+        assert!(handle.restore_signals().is_empty(), "put back once");
+    }
+
+    #[test]
     fn max_requests_comes_from_the_slot() {
         let handle = single_handle(1);
         assert_eq!(handle.max_requests(), 0);
