@@ -162,12 +162,12 @@ setup_venv() {
 
 build_mldeploy() {
     log "building mldeploy (release)"
-    cargo build --release -j2 -p mldeploy
-    if has_system mldeploy-python; then
-        # Embeds python3's libpython: the Python that made ml-deploy's virtualenv (mldeploy-python
-        # refuses a virtualenv of another version at start).
-        cargo build --release -j2 -p mldeploy-python
-    fi
+    local packages=(-p mldeploy)
+    # mldeploy-python embeds python3's libpython: the Python that made ml-deploy's virtualenv
+    # (it refuses a virtualenv of another version at start). Built in the same cargo command,
+    # so the dependencies they share are built once, with one set of features.
+    has_system mldeploy-python && packages+=(-p mldeploy-python)
+    cargo build --release -j2 "${packages[@]}"
     MLDEPLOY_BIN="$ROOT/target/release/mldeploy"
 }
 
