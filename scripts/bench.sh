@@ -5,7 +5,9 @@
 #
 # Usage: scripts/bench.sh [--quick] [--systems "mldeploy ml-deploy nginx"]
 #   --quick     short runs and one repetition, to check the script itself
-#   --systems   which systems to load-test (default: all three)
+#   --systems   which systems to load-test (default: all three); "mldeploy-python" is the same
+#               ml-deploy interface class and config.yaml ml-deploy serves, served by mldeploy
+#               (mldeploy-python, in ml-deploy's virtualenv)
 # Environment: MLDEPLOY_TOOLS_DIR (default ~/.cache/mldeploy-tools) holds the ml-deploy virtualenv;
 #   BENCH_OUT (default .bench-out) receives the raw outputs and results.md.
 #
@@ -160,7 +162,12 @@ setup_venv() {
 
 build_mldeploy() {
     log "building mldeploy (release)"
-    cargo build --release -j2 -p mldeploy
+    local packages=(-p mldeploy)
+    # mldeploy-python embeds python3's libpython: the Python that made ml-deploy's virtualenv
+    # (it refuses a virtualenv of another version at start). Built in the same cargo command,
+    # so the dependencies they share are built once, with one set of features.
+    has_system mldeploy-python && packages+=(-p mldeploy-python)
+    cargo build --release -j2 "${packages[@]}"
     MLDEPLOY_BIN="$ROOT/target/release/mldeploy"
 }
 
@@ -220,10 +227,25 @@ start_mldeploy() {
     STARTED_PIDS+=("$SERVER_PID")
 }
 
+# The unchanged ml-deploy class and config, served by mldeploy: `mldeploy serve
+# --ml-deploy-config` hands the command to mldeploy-python, which runs the class in ml-deploy's
+# virtualenv (ml-deploy installed there stays unused). The port and the sizes come from flags,
+# as for ml-deploy.
+start_mldeploy_python() {
+    local workers=$1 threads=$2 port=$3
+    shift 3
+    COMMANDS[mldeploy-python${1:+ (recycling run)}]="PYTHONPATH=scripts/bench BENCH_PIPELINE=pipeline.joblib target/release/mldeploy serve --ml-deploy-config scripts/bench/ml-deploy-config.yaml --python VENV --workers W --threads T --http-port PORT${1:+ $*}"
+    PYTHONPATH="$BENCH_DIR" BENCH_PIPELINE="$MODEL_DIR/pipeline.joblib" "$MLDEPLOY_BIN" serve \
+        --ml-deploy-config "$BENCH_DIR/ml-deploy-config.yaml" --python "$VENV" --workers "$workers" \
+        --threads "$threads" --http-port "$port" "$@" >"$OUT/mldeploy-python-$port.log" 2>&1 &
+    SERVER_PID=$!
+    STARTED_PIDS+=("$SERVER_PID")
+}
+
 predict_url() {
     case "$1" in
         nginx) echo "http://127.0.0.1:$2/" ;;
-        ml-deploy) echo "http://127.0.0.1:$2/ml/api/predict" ;;
+        ml-deploy | mldeploy-python) echo "http://127.0.0.1:$2/ml/api/predict" ;;
         mldeploy) echo "http://127.0.0.1:$2/api/ml/predict" ;;
     esac
 }
@@ -367,7 +389,8 @@ lifecycle_runs() {
     local system mode workers servers rounds i
     : >"$OUT/lifecycle.tsv"
     for system in $SYSTEMS; do
-        [ "$system" = nginx ] && continue
+        # Start-up and replacement times are measured for mldeploy and ml-deploy only.
+        [ "$system" = nginx ] || [ "$system" = mldeploy-python ] && continue
         # startup: fresh starts with 4 workers. respawn: a fresh server with one worker (so
         # nothing else can answer) per kill. respawn-repeated: one server whose only worker is
         # killed LIFECYCLE_ROUNDS times, 0.5 s apart (shows any crash back-off).
@@ -399,6 +422,9 @@ reload_runs() {
             elif [ "$system" = ml-deploy ]; then
                 start_ml_deploy 4 2 "$port" --max-requests "$ML_DEPLOY_MAX_REQUESTS" \
                     --max-requests-jitter "$ML_DEPLOY_MAX_REQUESTS_JITTER"
+            elif [ "$system" = mldeploy-python ]; then
+                start_mldeploy_python 4 2 "$port" --max-requests "$MAX_REQUESTS" \
+                    --max-requests-jitter "$MAX_REQUESTS_JITTER"
             else
                 start_mldeploy 4 2 "$port" --max-requests "$MAX_REQUESTS" \
                     --max-requests-jitter "$MAX_REQUESTS_JITTER"
@@ -428,7 +454,7 @@ reload_runs() {
 setup_debian
 setup_venv
 MLDEPLOY_BIN=""
-if has_system mldeploy; then
+if has_system mldeploy || has_system mldeploy-python; then
     build_mldeploy
 fi
 prepare_model

@@ -11,12 +11,22 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # prometheus_client (parses /metrics in the tests), tritonclient (the Open Inference Protocol
 # client the V2 tests use), kubernetes-validate (checks configs/kubernetes; pinned: its
 # schemas change with each release), XGBoost (its CPU-only wheel) and LightGBM (the tree
-# tests compare with them; pinned: the engine reproduces these versions' arithmetic).
-if ! python3 -c 'import sklearn, numpy, joblib, safetensors, pandas, prometheus_client, tritonclient.http, kubernetes_validate, xgboost, lightgbm' 2>/dev/null; then
+# tests compare with them; pinned: the engine reproduces these versions' arithmetic), Flask (the
+# Python models' own routes, served through WSGI; pinned with the Werkzeug it was tested with).
+FLASK_PINS=(Flask==3.1.3 Werkzeug==3.1.8)
+if ! python3 -c 'import sklearn, numpy, joblib, safetensors, pandas, prometheus_client, tritonclient.http, kubernetes_validate, threadpoolctl, xgboost, lightgbm' 2>/dev/null \
+    || [ "$(python3 -c 'import importlib.metadata as m; print(m.version("flask"))' 2>/dev/null)" != "${FLASK_PINS[0]#Flask==}" ]; then
     log "installing Python packages"
     python3 -m pip install --quiet --disable-pip-version-check \
         scikit-learn numpy joblib safetensors pandas prometheus_client 'tritonclient[http]' \
-        kubernetes-validate==1.37.0 xgboost-cpu==3.2.0 lightgbm==4.7.0
+        kubernetes-validate==1.37.0 threadpoolctl xgboost-cpu==3.2.0 lightgbm==4.7.0 "${FLASK_PINS[@]}"
+fi
+
+# mldeploy-python embeds CPython: its build needs a shared libpython of the Python the tests
+# run (PYO3_PYTHON, else python3 on PATH).
+if ! python3 -c 'import sysconfig, sys; sys.exit(not sysconfig.get_config_var("Py_ENABLE_SHARED"))'; then
+    log "python3 is not a shared build: mldeploy-python cannot be built (see docs/python-models.md)"
+    exit 1
 fi
 
 # Debian packages: wrk (load tests).

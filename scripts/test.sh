@@ -13,6 +13,7 @@ JOBS="${CARGO_BUILD_JOBS:-2}"
 
 cargo fmt --all -- --check
 cargo clippy -j"$JOBS" --workspace --all-targets --quiet -- -D warnings
+# The Python-model tests run mldeploy-python, which `--workspace --bins` builds.
 # Integration tests start several multi-process servers: run test binaries one after another,
 # and each binary's tests two at a time, so a 2-core machine is not oversubscribed.
 # The Kafka tests also run the example model's binary.

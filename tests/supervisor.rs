@@ -365,6 +365,10 @@ fn workers_switch_to_the_configured_user_and_group_and_the_master_keeps_its_own(
     };
     let server = Server::start(&["serve", "--workers", "2", "--user", "nobody", "--group", &group]);
     let workers = wait_workers(&server, 2);
+    // A worker switches right after its fork: a second one may still be on its way.
+    wait_until(Duration::from_secs(10), || {
+        workers.iter().all(|pid| effective_ids(&pid.to_string()) == Some((uid, gid)))
+    });
     for pid in &workers {
         assert_eq!(effective_ids(&pid.to_string()), Some((uid, gid)), "worker {pid}");
     }
@@ -384,6 +388,9 @@ fn workers_switch_to_the_configured_user_and_group_and_the_master_keeps_its_own(
         now.len() == 2 && now.iter().all(|p| !workers.contains(p))
     });
     assert!(reloaded, "no new generation: {:?}\n{}", server.worker_pids(), server.output());
+    let switched =
+        || server.worker_pids().iter().all(|pid| effective_ids(&pid.to_string()) == Some((uid, gid)));
+    wait_until(Duration::from_secs(10), switched);
     for pid in server.worker_pids() {
         assert_eq!(effective_ids(&pid.to_string()), Some((uid, gid)), "worker {pid} after the reload");
     }

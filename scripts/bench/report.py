@@ -14,6 +14,7 @@ GOAL_VS_ML_DEPLOY = 25.0
 GOAL_VS_NGINX = 0.6
 GOAL_P99_MS = 5.0
 GOAL_MEMORY_SHARE = 0.1
+GOAL_PYTHON_VS_ML_DEPLOY = 10.0
 
 
 def read_lines(path):
@@ -84,7 +85,7 @@ def main():
         runs.setdefault((config, rows, system), []).append((int(rep), key_values(rest)))
     configs = sorted({key[0] for key in runs}, key=lambda c: [int(x) for x in c.split("x")])
     rows_list = sorted({key[1] for key in runs}, key=int)
-    systems = [s for s in ("mldeploy", "ml-deploy", "nginx") if any(k[2] == s for k in runs)]
+    systems = [s for s in ("mldeploy", "mldeploy-python", "ml-deploy", "nginx") if any(k[2] == s for k in runs)]
 
     emit("## Throughput and latency (wrk, keep-alive, 32 connections)")
     emit("")
@@ -136,6 +137,21 @@ def main():
                 emit(f"| {config} | {rows} | {vs_py} | {vs_ngx} | {p99} |")
         emit("")
 
+    if "mldeploy-python" in systems:
+        emit("## The same Python class: mldeploy-python / ml-deploy")
+        emit("")
+        emit("| W x T | rows | req/s ratio (goal >= 10x) | mldeploy-python p99 ms | ml-deploy p99 ms |")
+        emit("|---|---|---|---|---|")
+        for config in configs:
+            for rows in rows_list:
+                mine = means.get((config, rows, "mldeploy-python"))
+                py = means.get((config, rows, "ml-deploy"))
+                if not mine or not py:
+                    continue
+                ratio = fmt_ratio(mine[0], py[0]) + " " + verdict(mine[0] / py[0] >= GOAL_PYTHON_VS_ML_DEPLOY)
+                emit(f"| {config} | {rows} | {ratio} | {mine[1]:.2f} | {py[1]:.2f} |")
+        emit("")
+
     # ---- memory
     memory = {}
     for line in read_lines(os.path.join(out, "memory.tsv")):
@@ -159,6 +175,17 @@ def main():
                 emit(f"| {config} | {system} | {idle.get('procs', '?')} | {mib(idle, 'rss_kib')} | "
                      f"{mib(idle, 'pss_kib')} | {mib(loaded, 'rss_kib')} | {mib(loaded, 'pss_kib')} |")
         emit("")
+        if "mldeploy-python" in systems and "ml-deploy" in systems:
+            emit("| W x T | PSS mldeploy-python / ml-deploy, idle | after load |")
+            emit("|---|---|---|")
+            for config in configs:
+                cells = []
+                for phase in ("idle", "loaded"):
+                    mine = number(memory.get((config, "mldeploy-python", phase), {}).get("pss_kib"))
+                    theirs = number(memory.get((config, "ml-deploy", phase), {}).get("pss_kib"))
+                    cells.append(f"{mine / theirs:.2f}" if theirs else "n/a")
+                emit(f"| {config} | {cells[0]} | {cells[1]} |")
+            emit("")
         if "mldeploy" in systems and "ml-deploy" in systems:
             emit("| W x T | PSS mldeploy / ml-deploy, idle | after load | goal < 0.1 |")
             emit("|---|---|---|---|")
@@ -228,14 +255,14 @@ def main():
                  f"{int(number(values.get('requests'))):,} | {rate(values):,.0f} | "
                  f"{int(number(values.get('non2xx')))} | {socket_errors(values)} ({errs}) | {values.get('worker_pids_seen', '?')} | {replaced} |")
         emit("")
-        emit("Recycling: mldeploy runs with --max-requests 2000 --max-requests-jitter 200; ml-deploy "
+        emit("Recycling: mldeploy (and mldeploy-python) run with --max-requests 2000 --max-requests-jitter 200; ml-deploy "
              "with 200/20, since at its rate 2000 would not recycle a worker within the run. "
              "Worker pids are sampled every 50 ms, so short-lived ones may be missed.")
         emit("")
 
     # ---- do both serve the same model?
     answers = {}
-    for system in ("mldeploy", "ml-deploy"):
+    for system in ("mldeploy", "mldeploy-python", "ml-deploy"):
         path = os.path.join(out, f"response-{system}-32.json")
         if os.path.exists(path):
             try:
@@ -243,13 +270,14 @@ def main():
                     answers[system] = find_labels(json.load(handle))
             except ValueError:
                 answers[system] = None
-    if len(answers) == 2:
+    if len(answers) >= 2 and "ml-deploy" in answers:
         emit("## Same model on both sides")
         emit("")
-        a, b = answers.get("mldeploy"), answers.get("ml-deploy")
+        mine = "mldeploy" if "mldeploy" in answers else "mldeploy-python"
+        a, b = answers.get(mine), answers.get("ml-deploy")
         if a is not None and b is not None and len(a) == len(b):
             same = sum(1 for x, y in zip(a, b) if int(number(x, -1)) == int(number(y, -2)))
-            emit(f"Predicted classes for the 32-row body agree on {same} of {len(a)} rows.")
+            emit(f"Predicted classes for the 32-row body agree on {same} of {len(a)} rows ({mine} and ml-deploy).")
         else:
             emit("Could not compare the predicted classes (see response-*-32.json).")
         emit("")

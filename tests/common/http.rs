@@ -42,6 +42,11 @@ impl Conn {
         Ok(Conn { reader: BufReader::new(stream) })
     }
 
+    /// The local (client) port of the connection.
+    pub fn local_port(&self) -> u16 {
+        self.reader.get_ref().local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
     /// Write raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.reader.get_mut().write_all(bytes)

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod kill9;
 pub mod wrk;
 
 use std::io::{BufRead, BufReader, Read};

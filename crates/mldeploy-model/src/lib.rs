@@ -48,8 +48,12 @@ pub struct ModelInfo {
     pub sample: Value,
     /// Where this model's ml-deploy routes live when the server serves several models
     /// (`/iris/api/ml`); `None`: `/<name>/api/ml`. A server with one model serves them under its
-    /// configured prefix whatever this says.
+    /// configured prefix whatever this says, unless [`ModelInfo::keep_api_prefix`] is set.
     pub api_prefix: Option<String>,
+    /// Serve the ml-deploy routes under `api_prefix` even when this is the only model, whatever
+    /// the server's `api_prefix` setting: for models whose clients call routes derived from the
+    /// model itself (ml-deploy 2.0.0 served a class under the prefix its `__api_prefix__` gave).
+    pub keep_api_prefix: bool,
     /// The input tensors a tensor protocol client may send besides one per feature (an ONNX
     /// graph's own inputs); empty: one per feature, and one `[N, features]` tensor named
     /// `input` when every feature is numeric.
@@ -173,16 +177,29 @@ pub struct RouteResponse {
     pub content_type: String,
     /// Body bytes.
     pub body: Vec<u8>,
+    /// Further headers (`Location`, `Set-Cookie`, ...). The server sets `Content-Type`,
+    /// `Content-Length`, `Connection` and the CORS headers itself and drops them here.
+    pub headers: Vec<(String, String)>,
 }
 
 impl RouteResponse {
     /// A JSON answer.
     pub fn json(status: u16, value: &Value) -> Self {
-        Self { status, content_type: "application/json".into(), body: value.to_string().into_bytes() }
+        Self {
+            status,
+            content_type: "application/json".into(),
+            body: value.to_string().into_bytes(),
+            headers: Vec::new(),
+        }
     }
     /// A plain-text answer.
     pub fn text(status: u16, text: impl Into<String>) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8".into(), body: text.into().into_bytes() }
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8".into(),
+            body: text.into().into_bytes(),
+            headers: Vec::new(),
+        }
     }
 }
 
@@ -194,7 +211,9 @@ pub type RouteHandler = Arc<dyn Fn(&RouteRequest) -> Result<RouteResponse, Model
 pub struct CustomRoute {
     /// Methods served (upper case); empty means every method.
     pub methods: Vec<String>,
-    /// Exact path, for example `/test`.
+    /// The path, for example `/test`. Segments written `{name}` match any one non-empty
+    /// segment (`/items/{id}`); a last segment written `{name*}` matches the rest of the path,
+    /// one segment or more (`/files/{path*}`). Exact paths are found first.
     pub path: String,
     /// The handler.
     pub handler: RouteHandler,
@@ -330,6 +349,11 @@ pub trait Model: Send + Sync + 'static {
     fn scrape_gauges(&self) -> Vec<ScrapedGauge> {
         Vec::new()
     }
+
+    /// The worker stops gracefully: called once, on the thread that loaded the model, after the
+    /// last call has been answered and before the process exits (flush, run exit handlers). The
+    /// master's `graceful_timeout` bounds it.
+    fn shutdown(&self) {}
 }
 
 /// What a loader is handed in the worker, after the fork.
@@ -344,6 +368,9 @@ pub struct LoadContext {
     /// intra-op threads). 1 by default: a worker already runs `--threads` calls at once and the
     /// workers are the parallelism, so an engine pool per call only competes with them.
     pub engine_threads: usize,
+    /// Serving threads of the worker (`--threads`): at most this many calls of the model run at
+    /// once.
+    pub threads: usize,
 }
 
 impl std::fmt::Debug for LoadContext {
@@ -351,6 +378,7 @@ impl std::fmt::Debug for LoadContext {
         f.debug_struct("LoadContext")
             .field("shared_slots", &self.shared.len())
             .field("engine_threads", &self.engine_threads)
+            .field("threads", &self.threads)
             .finish()
     }
 }
@@ -362,6 +390,7 @@ impl LoadContext {
             shared: SharedSlots::private(SharedSlots::DEFAULT_LEN),
             metrics: Arc::new(NoMetrics),
             engine_threads: 1,
+            threads: 1,
         }
     }
 }

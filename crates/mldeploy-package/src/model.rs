@@ -124,6 +124,7 @@ impl PackageModel {
             outputs: outputs.clone(),
             sample,
             api_prefix: manifest.api_prefix.clone(),
+            keep_api_prefix: false,
             input_tensors: Vec::new(),
             output_tensors,
         };

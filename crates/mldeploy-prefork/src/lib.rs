@@ -402,7 +402,8 @@ pub fn run_single<A: App>(mut app: A, listeners: Vec<TcpListener>, log: slog::Lo
     let slot = worker::Slot::new(sys::SharedMem::private(worker::Slot::words_for(startup.config.threads)));
     let handle = WorkerHandle::single(slot, startup.notifier);
     let watching = worker::StopWatcher::install(worker::Mode::Single)
-        .and_then(|watcher| watcher.spawn(handle.clone(), Some(log.clone())));
+        .and_then(|watcher| watcher.spawn(handle.clone(), Some(log.clone())))
+        .and_then(|()| handle.keep_signals());
     if let Err(e) = watching {
         error!(log, "cannot watch stop signals"; "error" => %e);
         return exit_code::FAILURE;

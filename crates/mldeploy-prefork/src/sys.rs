@@ -221,6 +221,74 @@ fn reset_signals_in_worker() -> io::Result<()> {
     Ok(())
 }
 
+/// The signals whose handling a worker keeps as it set it up: model code that changes one
+/// (Python's `signal.signal` in a model's `load()`) is undone by [`restore_dispositions`].
+pub(crate) const WORKER_SIGNALS: [Signal; 9] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGPIPE,
+];
+
+/// Linux's flag for the C library's signal-return trampoline (not exported by `libc` for every
+/// target).
+const SA_RESTORER: libc::c_int = 0x0400_0000;
+
+/// A signal's disposition as the kernel holds it.
+#[derive(Clone, Copy)]
+pub(crate) struct Disposition {
+    signal: Signal,
+    action: libc::sigaction,
+}
+
+// SAFETY: a `sigaction` is plain data (a handler address, a mask and flags), valid in any thread
+// of the process it was read in.
+unsafe impl Send for Disposition {}
+// SAFETY: as above; it is only read.
+unsafe impl Sync for Disposition {}
+
+fn read_disposition(signal: Signal) -> io::Result<Disposition> {
+    // SAFETY: an all-zero `sigaction` is a valid value (SIG_DFL, empty mask, no flags).
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action makes sigaction(2) only write the current one into `action`,
+    // a valid, writable `sigaction`.
+    if unsafe { libc::sigaction(signal as libc::c_int, std::ptr::null(), &mut action) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Disposition { signal, action })
+}
+
+/// The current dispositions of [`WORKER_SIGNALS`].
+pub(crate) fn worker_dispositions() -> io::Result<Vec<Disposition>> {
+    WORKER_SIGNALS.into_iter().map(read_disposition).collect()
+}
+
+/// Put back every disposition of `saved` that differs from the current one; the signals put
+/// back.
+pub(crate) fn restore_dispositions(saved: &[Disposition]) -> Vec<Signal> {
+    let mut restored = Vec::new();
+    for saved in saved {
+        let Ok(now) = read_disposition(saved.signal) else { continue };
+        // The C library adds SA_RESTORER (its return trampoline) to every action it installs.
+        let flags = |d: &Disposition| d.action.sa_flags & !SA_RESTORER;
+        if now.action.sa_sigaction == saved.action.sa_sigaction && flags(&now) == flags(saved) {
+            continue;
+        }
+        // SAFETY: `saved.action` was read from the kernel for this signal in this process: its
+        // handler (SIG_DFL, SIG_IGN or the handler installed then, which is still mapped) is
+        // what the worker itself installed.
+        if unsafe { libc::sigaction(saved.signal as libc::c_int, &saved.action, std::ptr::null_mut()) } == 0 {
+            restored.push(saved.signal);
+        }
+    }
+    restored
+}
+
 /// Set the signal mask of the calling thread.
 pub(crate) fn set_signal_mask(mask: &SigSet) -> io::Result<()> {
     signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(mask), None)?;

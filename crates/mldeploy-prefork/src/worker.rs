@@ -169,6 +169,8 @@ type ReopenLogs = Arc<dyn Fn() + Send + Sync>;
 struct Inner {
     slot: Slot,
     link: Link,
+    /// The worker's signal dispositions once its handling was set up (empty until then).
+    signals: Mutex<Vec<sys::Disposition>>,
     stop: Mutex<StopState>,
     stop_changed: Condvar,
     reopen_logs: Mutex<Option<ReopenLogs>>,
@@ -205,6 +207,7 @@ impl WorkerHandle {
             inner: Arc::new(Inner {
                 slot,
                 link,
+                signals: Mutex::new(Vec::new()),
                 stop: Mutex::new(StopState::default()),
                 stop_changed: Condvar::new(),
                 reopen_logs: Mutex::new(None),
@@ -311,6 +314,19 @@ impl WorkerHandle {
             1 => Some(Stop::Graceful),
             _ => Some(Stop::Fast),
         }
+    }
+
+    /// Remember the signal dispositions as they are now: the worker's own.
+    pub(crate) fn keep_signals(&self) -> io::Result<()> {
+        *lock(&self.inner.signals) = sys::worker_dispositions()?;
+        Ok(())
+    }
+
+    /// Put back the worker's own handling of its signals (TERM, QUIT, USR1, ... as the worker
+    /// set them up) where code run since, a model's `load()` for one, changed it; the names of
+    /// the signals put back. Call it after running model code on the worker's main thread.
+    pub fn restore_signals(&self) -> Vec<&'static str> {
+        sys::restore_dispositions(&lock(&self.inner.signals)).into_iter().map(Signal::as_str).collect()
     }
 
     /// Requests this worker serves before retiring (0 = unlimited), jitter applied.
@@ -424,6 +440,7 @@ pub(crate) fn enter_child(slot: Slot, master: Pid, wake: OwnedFd, mask: &SigSet)
         handle.request_stop(Stop::Graceful);
     }
     watcher.spawn(handle.clone(), None)?;
+    handle.keep_signals()?;
     sys::set_signal_mask(mask)?;
     Ok(handle)
 }
@@ -507,6 +524,19 @@ mod tests {
         assert_eq!(handle.wait_stop(), Stop::Fast);
         handle.request_stop(Stop::Graceful);
         assert_eq!(handle.stop_requested(), Some(Stop::Fast));
+    }
+
+    #[test]
+    fn signal_dispositions_changed_since_are_put_back() {
+        use nix::sys::signal::{signal, SigHandler};
+        let handle = single_handle(1);
+        handle.keep_signals().expect("read the dispositions");
+        assert!(handle.restore_signals().is_empty(), "nothing changed yet");
+        // Model code takes a signal of the worker's (as Python's signal.signal would).
+        // SAFETY: SIG_IGN runs no code; no other test uses SIGUSR2.
+        unsafe { signal(Signal::SIGUSR2, SigHandler::SigIgn) }.expect("ignore SIGUSR2");
+        assert_eq!(handle.restore_signals(), ["SIGUSR2"]);
+        assert!(handle.restore_signals().is_empty(), "put back once");
     }
 
     #[test]

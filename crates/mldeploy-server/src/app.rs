@@ -174,6 +174,7 @@ fn load_models<L: ModelLoader>(
             shared,
             metrics: metrics.model_sink(),
             engine_threads: settings.server.engine_threads,
+            threads: settings.server.threads,
         };
         let started = Instant::now();
         let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| loader.load(path, &ctx)));
@@ -441,6 +442,11 @@ impl<L: ModelLoader> App for ServerApp<L> {
                     return exit_code::BOOT_FAILURE;
                 }
             };
+        // Model code ran on this thread (a Python model's `load()` may call `signal.signal`):
+        // the worker's signals keep their meaning.
+        for signal in worker.handle.restore_signals() {
+            warn!(log, "the model changed a signal's handler; the worker's own is back"; "signal" => signal);
+        }
         let stats: Arc<dyn events::EventStats> = Arc::new(self.metrics.clone());
         let (events, producer) = events::start(&event_settings(settings), log.clone(), stats);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
@@ -461,9 +467,19 @@ impl<L: ModelLoader> App for ServerApp<L> {
             self.logs.access.clone(),
             http_settings(settings),
         );
-        if let Err(e) = http::serve(worker.listeners, Arc::new(ctx), stop_rx) {
+        let ctx = Arc::new(ctx);
+        if let Err(e) = http::serve(worker.listeners, Arc::clone(&ctx), stop_rx) {
             error!(log, "serving failed"; "error" => %e);
             return 1;
+        }
+        if !fast_stop.load(Ordering::Acquire) {
+            // On the thread that loaded the models, as their contract says.
+            for entry in ctx.models.iter() {
+                let model = &entry.model;
+                if std::panic::catch_unwind(AssertUnwindSafe(|| model.shutdown())).is_err() {
+                    warn!(log, "a model panicked while shutting down"; "model" => entry.name());
+                }
+            }
         }
         if let Some(producer) = producer {
             // A fast stop leaves no time to flush; a graceful one gets what the grace period has left.

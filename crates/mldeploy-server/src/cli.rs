@@ -81,6 +81,17 @@ const FLAGS: &[Flag] = &[
     Flag { switch: true, ..flag("metrics_enabled", "BOOL", "Record Prometheus metrics [default: true]") },
     flag("max_series", "N", "Label sets per metric family before overflow [default: 512]"),
     flag("worker_class", "CLASS", "Accepted for ml-deploy compatibility: sync or gthread"),
+    flag(
+        "python",
+        "PATH",
+        "Python environment of a Python model: a virtualenv or its python [default: $VIRTUAL_ENV]",
+    ),
+    flag(
+        "ml_deploy_config",
+        "FILE",
+        "ml-deploy's config.yaml: its app section (interface, workers, threads, http_port, ...) sets those settings",
+    ),
+    flag("metric_class", "MODULE.CLASS", "ml-deploy Metric subclass whose register() declares a Python model's metrics"),
 ];
 
 fn setting_args() -> Vec<Arg> {
@@ -110,7 +121,10 @@ fn command() -> Command {
         .num_args(0..)
         .action(ArgAction::Append)
         .value_parser(clap::value_parser!(PathBuf))
-        .help("Model package directories, one model each; without any the embedded demo model is served");
+        .help(
+            "Model package directories, or ml-deploy interface files (interface.py, interface.py:Class), one \
+             model each; without any the embedded demo model is served",
+        );
     let config = Arg::new("config")
         .long("config")
         .value_name("FILE")
@@ -162,6 +176,17 @@ impl SettingsSource {
             Some(path) => Settings::from_file(path)?,
             None => Settings::default(),
         };
+        // ml-deploy's YAML sits between the config file and the environment; it may be named by
+        // either, or by a flag.
+        let yaml =
+            (self.flags.iter().rev().find(|(key, _)| key == "ml_deploy_config").map(|(_, v)| v.clone()))
+                .or_else(|| std::env::var("MLDEPLOY_ML_DEPLOY_CONFIG").ok())
+                .map(PathBuf::from)
+                .or_else(|| settings.python.ml_deploy_config.clone())
+                .filter(|p| !p.as_os_str().is_empty());
+        if let Some(path) = yaml {
+            crate::ml_deploy_config::apply(&mut settings, &path)?;
+        }
         settings.apply_env(&|name| std::env::var(name).ok())?;
         let mut seen_list = std::collections::HashSet::new();
         for (key, value) in &self.flags {

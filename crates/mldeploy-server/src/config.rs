@@ -27,6 +27,25 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsSection,
+    /// `[python]`: Python models (ml-deploy interface classes).
+    pub python: PythonSection,
+}
+
+/// `[python]` section: read by the `mldeploy-python` binary, which serves ml-deploy interface
+/// classes (docs/python-models.md).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PythonSection {
+    /// The Python environment: a virtualenv directory, its `python`, or a bare interpreter.
+    /// Unset: `$VIRTUAL_ENV`, else the virtualenv of the `python3` first on `PATH`, else the
+    /// interpreter `mldeploy-python` was built with.
+    pub python: Option<PathBuf>,
+    /// ml-deploy's `config.yaml`: its `app:` section sets the settings it names (interface,
+    /// workers, threads, http_port, ...), above this file and below the environment and flags.
+    pub ml_deploy_config: Option<PathBuf>,
+    /// ml-deploy's `metric_class`: `module.Class` of a `Metric` subclass whose `register()`
+    /// declares the model's metrics.
+    pub metric_class: Option<String>,
 }
 
 /// `[server]` section.
@@ -276,6 +295,9 @@ pub const KEYS: &[&str] = &[
     "metrics_enabled",
     "max_series",
     "worker_class",
+    "python",
+    "ml_deploy_config",
+    "metric_class",
 ];
 
 fn parse_num<T: std::str::FromStr>(key: &str, value: &str, what: &str) -> Result<T, ConfigError> {
@@ -377,6 +399,11 @@ impl Settings {
                     )))
                 }
             },
+            "python" => self.python.python = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
+            "ml_deploy_config" => {
+                self.python.ml_deploy_config = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
+            }
+            "metric_class" => self.python.metric_class = Some(value.trim().to_string()).filter(|v| !v.is_empty()),
             other => return Err(ConfigError(format!("unknown setting {other:?}"))),
         }
         Ok(())

@@ -105,8 +105,9 @@ pub fn normalize_prefix(prefix: &str) -> String {
 }
 
 impl Registry {
-    /// The registry of `models`. One model serves its ml-deploy routes under `api_prefix`;
-    /// several each under their own (the model's `api_prefix`, else `/<name>/api/ml`).
+    /// The registry of `models`. One model serves its ml-deploy routes under `api_prefix`
+    /// (unless it keeps its own: [`mldeploy_model::ModelInfo::keep_api_prefix`]); several each
+    /// under their own (the model's `api_prefix`, else `/<name>/api/ml`).
     pub fn new(
         models: Vec<(Arc<dyn Model>, ModelSource)>,
         api_prefix: &str,
@@ -128,7 +129,7 @@ impl Registry {
                 })?;
                 Some(schema)
             };
-            let prefix = if single {
+            let prefix = if single && !(info.keep_api_prefix && info.api_prefix.is_some()) {
                 normalize_prefix(api_prefix)
             } else {
                 match &info.api_prefix {

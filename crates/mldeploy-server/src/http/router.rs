@@ -1,6 +1,7 @@
 //! Routing: from a request path to the routes that serve it, with path parameters.
 //!
-//! Patterns are paths whose segments may be `{name}` parameters. Exact paths (every route of a
+//! Patterns are paths whose segments may be `{name}` parameters, and whose last segment may be
+//! `{name*}`: the rest of the path, one segment or more, slashes included. Exact paths (every route of a
 //! server with one model on the hot path) are one hash lookup; patterns with parameters are
 //! tried in order after that. Routes sharing a pattern form one path entry and are told apart
 //! by method. The first protocol to claim a pattern owns it: a later protocol's route on the
@@ -39,6 +40,8 @@ impl PathEntry {
 enum Segment {
     Literal(String),
     Param(String),
+    /// The rest of the path (last segment only).
+    Rest(String),
 }
 
 /// A matched path: its entry and its parameter values.
@@ -65,7 +68,10 @@ fn parse(pattern: &str) -> Option<Vec<Segment>> {
             .split('/')
             .skip(1)
             .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                Some(name) => Segment::Param(name.to_string()),
+                Some(name) => match name.strip_suffix('*') {
+                    Some(name) => Segment::Rest(name.to_string()),
+                    None => Segment::Param(name.to_string()),
+                },
                 None => Segment::Literal(s.to_string()),
             })
             .collect(),
@@ -136,16 +142,24 @@ impl Router {
         }
         let given: Vec<&str> = path.split('/').skip(1).collect();
         'patterns: for (segments, i) in &self.patterns {
-            if segments.len() != given.len() {
+            let rest = matches!(segments.last(), Some(Segment::Rest(_)));
+            if segments.len() != given.len() && !(rest && given.len() >= segments.len()) {
                 continue;
             }
             let mut params = Vec::new();
-            for (segment, part) in segments.iter().zip(&given) {
+            for (at, (segment, part)) in segments.iter().zip(&given).enumerate() {
                 match segment {
                     Segment::Literal(text) if text == part => {}
                     Segment::Literal(_) => continue 'patterns,
                     Segment::Param(_) if part.is_empty() => continue 'patterns,
                     Segment::Param(name) => params.push((name.as_str(), decode(part).into_owned())),
+                    Segment::Rest(name) => {
+                        let tail = given[at..].join("/");
+                        if tail.is_empty() {
+                            continue 'patterns;
+                        }
+                        params.push((name.as_str(), decode(&tail).into_owned()));
+                    }
                 }
             }
             return Some(Matched { entry: &self.entries[*i], params });
@@ -192,6 +206,19 @@ mod tests {
         assert!(router.find("/v2/models//infer").is_none());
         assert!(router.find("/v2/models/iris").is_none());
         assert!(router.find("/nope").is_none());
+    }
+
+    #[test]
+    fn a_rest_parameter_takes_the_remaining_segments() {
+        let mut router = Router::default();
+        router
+            .add("custom", vec![route("/files/{path*}", Methods::Read), route("/items/{id}", Methods::Read)]);
+        let m = router.find("/files/a/b%20c/d.txt").unwrap();
+        assert_eq!(m.entry.pattern, "/files/{path*}");
+        assert_eq!(m.params, vec![("path", "a/b c/d.txt".to_string())]);
+        assert_eq!(router.find("/files/x").unwrap().params, vec![("path", "x".to_string())]);
+        assert!(router.find("/files/").is_none() && router.find("/files").is_none());
+        assert!(router.find("/items/1/2").is_none(), "a plain parameter is one segment");
     }
 
     #[test]

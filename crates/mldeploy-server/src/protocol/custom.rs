@@ -1,8 +1,9 @@
-//! The routes a model adds itself, as ml-deploy's `endpoints(app)` did: exact paths, the
-//! methods the model lists, answered by the model's handler under the pipeline's guard.
+//! The routes a model adds itself, as ml-deploy's `endpoints(app)` did: exact paths or
+//! patterns (`/items/{id}`, `/files/{path*}`), the methods the model lists, answered by the
+//! model's handler under the pipeline's guard.
 
 use bytes::Bytes;
-use hyper::header::HeaderValue;
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::StatusCode;
 use mldeploy_model::{RouteHandler, RouteRequest};
 use serde_json::Value;
@@ -12,6 +13,20 @@ use super::ml_deploy::{failure, is_multipart, parse_form};
 use super::{Methods, Protocol, Reply, Request, Route};
 use crate::registry::{ModelEntry, Registry};
 use crate::service::{HttpSettings, ServeContext};
+
+/// Headers the server writes itself (besides the CORS ones): a route's own values for them are
+/// dropped.
+const SERVER_HEADERS: [HeaderName; 5] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::DATE,
+];
+
+fn server_writes(name: &HeaderName) -> bool {
+    SERVER_HEADERS.contains(name) || name == "x-request-id" || name.as_str().starts_with("access-control-")
+}
 
 /// Every model's custom routes.
 pub(crate) struct CustomRoutes;
@@ -72,6 +87,17 @@ fn answer(
     };
     let mut reply = Reply::json(status, Bytes::from(body));
     reply.content_type = Some(content_type);
+    for (name, value) in &out.headers {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value))
+        else {
+            error!(cx.log, "custom route answered an invalid header; left out";
+                "request_id" => req.id, "header" => name, "path" => &request.path);
+            continue;
+        };
+        if !server_writes(&name) {
+            reply.headers.push((name, value));
+        }
+    }
     Ok(reply)
 }
 

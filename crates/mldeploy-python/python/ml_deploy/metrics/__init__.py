@@ -1,0 +1,1 @@
+from ml_deploy.metrics.models import Metric  # noqa: F401

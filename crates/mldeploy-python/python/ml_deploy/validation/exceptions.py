@@ -1,0 +1,14 @@
+class DataValidationException(Exception):
+    pass
+
+
+class ModelValidationException(Exception):
+    pass
+
+
+class PipelineException(Exception):
+    pass
+
+
+class ConfigSchemaException(Exception):
+    pass
