@@ -20,6 +20,7 @@ pub mod outputs;
 pub mod schema;
 mod shared;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -344,6 +345,10 @@ pub struct LoadContext {
     /// intra-op threads). 1 by default: a worker already runs `--threads` calls at once and the
     /// workers are the parallelism, so an engine pool per call only competes with them.
     pub engine_threads: usize,
+    /// Settings for the engines, by key, as the server's configuration gives them (the
+    /// `[engines]` section: `onnxruntime`, the ONNX Runtime library, ...). An engine reads the
+    /// keys it knows and ignores the others; empty when nothing is configured.
+    pub engine_settings: Arc<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for LoadContext {
@@ -351,6 +356,7 @@ impl std::fmt::Debug for LoadContext {
         f.debug_struct("LoadContext")
             .field("shared_slots", &self.shared.len())
             .field("engine_threads", &self.engine_threads)
+            .field("engine_settings", &self.engine_settings)
             .finish()
     }
 }
@@ -362,6 +368,7 @@ impl LoadContext {
             shared: SharedSlots::private(SharedSlots::DEFAULT_LEN),
             metrics: Arc::new(NoMetrics),
             engine_threads: 1,
+            engine_settings: Arc::default(),
         }
     }
 }
