@@ -11,12 +11,17 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # prometheus_client (parses /metrics in the tests), tritonclient (the Open Inference Protocol
 # client the V2 tests use), kubernetes-validate (checks configs/kubernetes; pinned: its
 # schemas change with each release), XGBoost (its CPU-only wheel) and LightGBM (the tree
-# tests compare with them; pinned: the engine reproduces these versions' arithmetic).
-if ! python3 -c 'import sklearn, numpy, joblib, safetensors, pandas, prometheus_client, tritonclient.http, kubernetes_validate, xgboost, lightgbm' 2>/dev/null; then
+# tests compare with them; pinned: the engine reproduces these versions' arithmetic), and for
+# the ONNX tests onnxruntime (its wheel holds the runtime library the server loads; ort
+# 2.0.0-rc.15 needs 1.31 or later), skl2onnx and onnx (they build the test graphs), pinned to
+# the versions the ONNX engine was tested with. The import check also compares onnxruntime's
+# version, so an older install is upgraded.
+if ! python3 -c 'import sklearn, numpy, joblib, safetensors, pandas, prometheus_client, tritonclient.http, kubernetes_validate, xgboost, lightgbm, skl2onnx, onnx, importlib.metadata as m; assert m.version("onnxruntime") == "1.31.1"' 2>/dev/null; then
     log "installing Python packages"
     python3 -m pip install --quiet --disable-pip-version-check \
         scikit-learn numpy joblib safetensors pandas prometheus_client 'tritonclient[http]' \
-        kubernetes-validate==1.37.0 xgboost-cpu==3.2.0 lightgbm==4.7.0
+        kubernetes-validate==1.37.0 xgboost-cpu==3.2.0 lightgbm==4.7.0 \
+        onnxruntime==1.31.1 skl2onnx==1.20.0 onnx==1.23.2
 fi
 
 # Debian packages: wrk (load tests).
