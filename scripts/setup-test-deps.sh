@@ -12,14 +12,19 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # client the V2 tests use), kubernetes-validate (checks configs/kubernetes; pinned: its
 # schemas change with each release), XGBoost (its CPU-only wheel) and LightGBM (the tree
 # tests compare with them; pinned: the engine reproduces these versions' arithmetic), Flask (the
-# Python models' own routes, served through WSGI; pinned with the Werkzeug it was tested with).
+# Python models' own routes, served through WSGI; pinned with the Werkzeug it was tested with),
+# and for the ONNX tests onnxruntime (its wheel holds the runtime library the server loads; ort
+# 2.0.0-rc.15 needs 1.31 or later), skl2onnx and onnx (they build the test graphs), pinned to
+# the versions the ONNX engine was tested with. The import check also compares the versions of
+# Flask and onnxruntime, so an older install is upgraded.
 FLASK_PINS=(Flask==3.1.3 Werkzeug==3.1.8)
-if ! python3 -c 'import sklearn, numpy, joblib, safetensors, pandas, prometheus_client, tritonclient.http, kubernetes_validate, threadpoolctl, xgboost, lightgbm' 2>/dev/null \
+if ! python3 -c 'import sklearn, numpy, joblib, safetensors, pandas, prometheus_client, tritonclient.http, kubernetes_validate, threadpoolctl, xgboost, lightgbm, skl2onnx, onnx, importlib.metadata as m; assert m.version("onnxruntime") == "1.31.1"' 2>/dev/null \
     || [ "$(python3 -c 'import importlib.metadata as m; print(m.version("flask"))' 2>/dev/null)" != "${FLASK_PINS[0]#Flask==}" ]; then
     log "installing Python packages"
     python3 -m pip install --quiet --disable-pip-version-check \
         scikit-learn numpy joblib safetensors pandas prometheus_client 'tritonclient[http]' \
-        kubernetes-validate==1.37.0 threadpoolctl xgboost-cpu==3.2.0 lightgbm==4.7.0 "${FLASK_PINS[@]}"
+        kubernetes-validate==1.37.0 threadpoolctl xgboost-cpu==3.2.0 lightgbm==4.7.0 "${FLASK_PINS[@]}" \
+        onnxruntime==1.31.1 skl2onnx==1.20.0 onnx==1.23.2
 fi
 
 # mldeploy-python embeds CPython: its build needs a shared libpython of the Python the tests

@@ -20,6 +20,7 @@ pub mod outputs;
 pub mod schema;
 mod shared;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -371,6 +372,10 @@ pub struct LoadContext {
     /// Serving threads of the worker (`--threads`): at most this many calls of the model run at
     /// once.
     pub threads: usize,
+    /// Settings for the engines, by key, as the server's configuration gives them (the
+    /// `[engines]` section: `onnxruntime`, the ONNX Runtime library, ...). An engine reads the
+    /// keys it knows and ignores the others; empty when nothing is configured.
+    pub engine_settings: Arc<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for LoadContext {
@@ -379,6 +384,7 @@ impl std::fmt::Debug for LoadContext {
             .field("shared_slots", &self.shared.len())
             .field("engine_threads", &self.engine_threads)
             .field("threads", &self.threads)
+            .field("engine_settings", &self.engine_settings)
             .finish()
     }
 }
@@ -391,6 +397,7 @@ impl LoadContext {
             metrics: Arc::new(NoMetrics),
             engine_threads: 1,
             threads: 1,
+            engine_settings: Arc::default(),
         }
     }
 }

@@ -33,6 +33,9 @@ pub enum Error {
     Slots(String),
     /// The computation failed.
     Compute(String),
+    /// The runtime an engine needs (the ONNX Runtime library) is missing or cannot start; the
+    /// message says how to install it.
+    Runtime(String),
 }
 
 impl std::fmt::Display for Error {
@@ -45,6 +48,7 @@ impl std::fmt::Display for Error {
             Error::Mismatch(m) => write!(f, "mldeploy.json and the model's files do not match: {m}"),
             Error::Slots(m) => write!(f, "feedback figures: {m}"),
             Error::Compute(m) => write!(f, "computation failed: {m}"),
+            Error::Runtime(m) => f.write_str(m),
         }
     }
 }

@@ -26,6 +26,12 @@ pub fn package_dir(path: &Path) -> PathBuf {
 pub(crate) trait PackageFiles {
     /// The whole file `name`, or an error naming it.
     fn read(&self, name: &str) -> Result<Vec<u8>, Error>;
+
+    /// Where file `name` is on disk, for engines that open it themselves; `None` for files
+    /// held in memory.
+    fn path(&self, _name: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// A package directory on disk.
@@ -49,6 +55,10 @@ impl PackageFiles for Dir<'_> {
             };
             Error::File { path, message }
         })
+    }
+
+    fn path(&self, name: &str) -> Option<PathBuf> {
+        Some(self.0.join(name))
     }
 }
 

@@ -18,6 +18,9 @@
 //!   the `feedback` module's documentation.
 //! - [`PackageLoader`] loads a package directory, or the embedded demo model (`iris-demo`)
 //!   when no path is given.
+//! - ONNX graphs (feature `onnx`: a `.onnx` file, or a package of kind `onnx`) are models of
+//!   their own, computed by ONNX Runtime: their inputs and outputs are the graph's
+//!   ([`load_model`] loads every kind; see the `onnx` module).
 
 #![forbid(unsafe_code)]
 
@@ -34,6 +37,8 @@ use std::sync::Arc;
 
 use mldeploy_model::{LoadContext, Model, ModelError, ModelLoader};
 
+#[cfg(feature = "onnx")]
+pub use engine::onnx::{self, OnnxModel};
 #[cfg(feature = "trees")]
 pub use engine::trees;
 pub use engine::{Prediction, Task};
@@ -45,6 +50,43 @@ pub use manifest::{Output, Step, PACKAGE_FORMAT};
 pub use model::PackageModel;
 
 use files::{Dir, Embedded, PackageFiles};
+
+/// Load the model at `path`, whatever its kind: an ONNX file (`.onnx`), or a package
+/// directory (or its `mldeploy.json`) of any kind, ONNX packages included.
+pub fn load_model(path: &Path, ctx: &LoadContext) -> Result<Arc<dyn Model>, Error> {
+    if is_onnx_file(path) {
+        #[cfg(feature = "onnx")]
+        return Ok(Arc::new(engine::onnx::load_file(path, ctx)?));
+        #[cfg(not(feature = "onnx"))]
+        return Err(no_onnx());
+    }
+    let dir = package_dir(path);
+    let files = Dir(&dir);
+    let manifest = Manifest::from_json(&files.read(MANIFEST_FILE)?)?;
+    if manifest.kind == engine::ONNX_KIND {
+        #[cfg(feature = "onnx")]
+        {
+            let name = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+            let name = name.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            return Ok(Arc::new(engine::onnx::load_package(&manifest, &files, &name, ctx)?));
+        }
+        #[cfg(not(feature = "onnx"))]
+        return Err(no_onnx());
+    }
+    Ok(Arc::new(PackageModel::from_parts(manifest, &files, ctx)?))
+}
+
+/// Whether `path` is an ONNX file, served as it is.
+fn is_onnx_file(path: &Path) -> bool {
+    path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+#[cfg(not(feature = "onnx"))]
+fn no_onnx() -> Error {
+    Error::Runtime(
+        "this mldeploy was built without ONNX support (cargo feature `onnx` of mldeploy-package)".into(),
+    )
+}
 
 /// Load the package in directory `path` (or the directory of a `mldeploy.json` named directly).
 pub fn load_package(path: &Path, ctx: &LoadContext) -> Result<PackageModel, Error> {
@@ -82,15 +124,18 @@ pub struct PackageLoader;
 
 impl ModelLoader for PackageLoader {
     fn load(&self, path: Option<&Path>, ctx: &LoadContext) -> Result<Arc<dyn Model>, ModelError> {
-        let model = match path {
-            Some(p) => load_package(p, ctx)?,
-            None => load_demo(ctx)?,
-        };
-        Ok(Arc::new(model))
+        match path {
+            Some(p) => Ok(load_model(p, ctx)?),
+            None => Ok(Arc::new(load_demo(ctx)?)),
+        }
     }
 
     fn describe(&self, path: Option<&Path>) -> String {
         let (manifest, origin) = match path {
+            Some(p) if is_onnx_file(p) => {
+                let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                return format!("{name} (onnx) from {}", p.display());
+            }
             Some(p) => {
                 let dir = package_dir(p);
                 match Dir(&dir).read(MANIFEST_FILE).and_then(|b| Manifest::from_json(&b)) {

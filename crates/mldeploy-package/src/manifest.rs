@@ -18,9 +18,11 @@ pub const PACKAGE_FORMAT: &str = "mldeploy-package/1";
 pub struct Manifest {
     /// Package format and version: `mldeploy-package/1`.
     pub format: String,
-    /// Model name.
+    /// Model name (an ONNX package may leave it out: the directory's name).
+    #[serde(default)]
     pub name: String,
-    /// Model version.
+    /// Model version (an ONNX package may leave it out: the graph's).
+    #[serde(default)]
     pub version: String,
     /// Model kind, which picks the engine: `linear_regression`, `logistic_regression`,
     /// `mlp_classifier`, `mlp_regressor`, ... (docs/model-package.md lists them).
@@ -176,7 +178,7 @@ fn is_label(value: &Value) -> bool {
     matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_))
 }
 
-fn distinct_labels(what: &str, labels: &[Value]) -> Result<(), Error> {
+pub(crate) fn distinct_labels(what: &str, labels: &[Value]) -> Result<(), Error> {
     let mut seen = HashSet::new();
     for label in labels {
         if !is_label(label) {
@@ -218,6 +220,9 @@ impl Manifest {
         }
         if self.name.trim().is_empty() || self.version.trim().is_empty() {
             return bad("model name and version must not be empty".into());
+        }
+        if self.kind == engine::ONNX_KIND {
+            return bad("kind onnx is a graph, not a tabular package: load it with `load_model`".into());
         }
         let Some((engine, task)) = engine::find(&self.kind) else {
             return bad(format!(

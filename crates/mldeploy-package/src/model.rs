@@ -245,116 +245,144 @@ impl Model for PackageModel {
     }
 
     fn feedback(&self, input: &FeedbackInput) -> Result<Response, ModelError> {
-        let table = table_of(input.table.as_ref())?;
-        let y_true = per_row("y_true", &input.y_true, table)?;
-        let given = match &input.y_predict {
-            Some(v) if !v.is_null() => Some(per_row("y_predict", v, table)?),
-            _ => None,
+        let truth = match &self.task {
+            Task::Classifier { classes, lookup } => Truth::Classes { classes, lookup },
+            Task::Regressor => Truth::Values,
         };
-        let predicted = match given {
-            Some(_) => None,
-            None => Some(self.predict_table(table)?),
-        };
-        let recorded = match &self.task {
-            Task::Classifier { lookup, classes, .. } => {
-                let class_of = |field: &str, i: usize, v: &Value| {
-                    lookup.find_value(v).ok_or_else(|| {
-                        let row = source_row(table, i);
-                        invalid(
-                            field,
-                            Some(row),
-                            "unknown_label",
-                            format!(
-                                "row {row}: {field} {v} is not one of the classes {}",
-                                Value::from(classes.as_json().to_vec())
-                            ),
-                        )
-                    })
-                };
-                let truth = y_true
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| class_of("y_true", i, v))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let guess = match (&given, &predicted) {
-                    (Some(values), _) => values
-                        .iter()
-                        .enumerate()
-                        .map(|(i, v)| class_of("y_predict", i, v))
-                        .collect::<Result<Vec<_>, _>>()?,
-                    (None, Some(p)) => p.labels.clone().unwrap_or_default(),
-                    (None, None) => unreachable!("predicted when not given"),
-                };
-                let pairs: Vec<(usize, usize)> = truth.into_iter().zip(guess).collect();
-                self.feedback.record_classes(&pairs)
-            }
-            Task::Regressor => {
-                let value_of = |field: &str, i: usize, v: &Value| {
-                    let x = match v {
-                        Value::Number(n) => n.as_f64(),
-                        Value::String(s) => s.trim().parse::<f64>().ok(),
-                        _ => None,
-                    };
-                    x.filter(|x| x.is_finite()).ok_or_else(|| {
-                        let row = source_row(table, i);
-                        invalid(
-                            field,
-                            Some(row),
-                            "wrong_type",
-                            format!("row {row}: {field} {v} is not a finite number"),
-                        )
-                    })
-                };
-                let truth = y_true
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| value_of("y_true", i, v))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let guess = match (&given, &predicted) {
-                    (Some(values), _) => values
-                        .iter()
-                        .enumerate()
-                        .map(|(i, v)| value_of("y_predict", i, v))
-                        .collect::<Result<Vec<_>, _>>()?,
-                    (None, Some(p)) => p.values.clone().unwrap_or_default(),
-                    (None, None) => unreachable!("predicted when not given"),
-                };
-                let pairs: Vec<(f64, f64)> = truth.into_iter().zip(guess).collect();
-                self.feedback.record_values(&pairs)
-            }
-        };
-        let figures = if recorded { self.feedback.figures() } else { None };
-        let mut target = json!({ "feedback_rows": table.n_rows, "recorded": recorded });
-        if let Some(f) = &figures {
-            target["total_feedback_rows"] = json!(f.rows());
-        }
-        Ok(Response {
-            target: Target::Json(target),
-            list_metrics: figures.map(|f| f.metric_values()).unwrap_or_default(),
-            ..Response::default()
-        })
+        take_feedback(&self.feedback, truth, input, |table| Ok(self.predict_table(table)?))
     }
 
     fn scrape_gauges(&self) -> Vec<ScrapedGauge> {
-        let Some(figures) = self.feedback.figures() else { return Vec::new() };
-        let labels = vec![
-            ("model".to_string(), self.info.name.clone()),
-            ("version".to_string(), self.info.version.clone()),
-        ];
-        let mut gauges = vec![ScrapedGauge {
-            name: "mldeploy_feedback_rows".into(),
-            help: "Feedback rows received by every worker.".into(),
-            labels: labels.clone(),
-            value: figures.rows() as f64,
-        }];
-        for (_, suffix, help, value) in figures.named() {
-            gauges.push(ScrapedGauge {
-                name: format!("mldeploy_feedback_{suffix}"),
-                help: help.into(),
-                labels: labels.clone(),
-                value,
-            });
+        match self.feedback.figures() {
+            Some(figures) => feedback_gauges(&self.info, &figures),
+            None => Vec::new(),
         }
-        gauges
     }
+}
+
+/// The gauges `/metrics` shows for a model's feedback figures.
+pub(crate) fn feedback_gauges(info: &ModelInfo, figures: &Figures) -> Vec<ScrapedGauge> {
+    let labels =
+        vec![("model".to_string(), info.name.clone()), ("version".to_string(), info.version.clone())];
+    let mut gauges = vec![ScrapedGauge {
+        name: "mldeploy_feedback_rows".into(),
+        help: "Feedback rows received by every worker.".into(),
+        labels: labels.clone(),
+        value: figures.rows() as f64,
+    }];
+    for (_, suffix, help, value) in figures.named() {
+        gauges.push(ScrapedGauge {
+            name: format!("mldeploy_feedback_{suffix}"),
+            help: help.into(),
+            labels: labels.clone(),
+            value,
+        });
+    }
+    gauges
+}
+
+/// What feedback labels are compared as.
+pub(crate) enum Truth<'a> {
+    /// Class labels, looked up among the classes.
+    Classes { classes: &'a ClassLabels, lookup: &'a Categories },
+    /// Numbers.
+    Values,
+}
+
+/// Record a feedback call's labels in `store` and answer with the figures of every worker;
+/// `predict` gives the labels (class indexes) or values when the call does not send them.
+pub(crate) fn take_feedback(
+    store: &FeedbackStore,
+    truth: Truth<'_>,
+    input: &FeedbackInput,
+    predict: impl FnOnce(&Table) -> Result<Prediction, ModelError>,
+) -> Result<Response, ModelError> {
+    let table = table_of(input.table.as_ref())?;
+    let y_true = per_row("y_true", &input.y_true, table)?;
+    let given = match &input.y_predict {
+        Some(v) if !v.is_null() => Some(per_row("y_predict", v, table)?),
+        _ => None,
+    };
+    let predicted = match given {
+        Some(_) => None,
+        None => Some(predict(table)?),
+    };
+    let recorded = match truth {
+        Truth::Classes { lookup, classes } => {
+            let class_of = |field: &str, i: usize, v: &Value| {
+                lookup.find_value(v).ok_or_else(|| {
+                    let row = source_row(table, i);
+                    invalid(
+                        field,
+                        Some(row),
+                        "unknown_label",
+                        format!(
+                            "row {row}: {field} {v} is not one of the classes {}",
+                            Value::from(classes.as_json().to_vec())
+                        ),
+                    )
+                })
+            };
+            let truth = y_true
+                .iter()
+                .enumerate()
+                .map(|(i, v)| class_of("y_true", i, v))
+                .collect::<Result<Vec<_>, _>>()?;
+            let guess = match (&given, &predicted) {
+                (Some(values), _) => values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| class_of("y_predict", i, v))
+                    .collect::<Result<Vec<_>, _>>()?,
+                (None, Some(p)) => p.labels.clone().unwrap_or_default(),
+                (None, None) => unreachable!("predicted when not given"),
+            };
+            let pairs: Vec<(usize, usize)> = truth.into_iter().zip(guess).collect();
+            store.record_classes(&pairs)
+        }
+        Truth::Values => {
+            let value_of = |field: &str, i: usize, v: &Value| {
+                let x = match v {
+                    Value::Number(n) => n.as_f64(),
+                    Value::String(s) => s.trim().parse::<f64>().ok(),
+                    _ => None,
+                };
+                x.filter(|x| x.is_finite()).ok_or_else(|| {
+                    let row = source_row(table, i);
+                    invalid(
+                        field,
+                        Some(row),
+                        "wrong_type",
+                        format!("row {row}: {field} {v} is not a finite number"),
+                    )
+                })
+            };
+            let truth = y_true
+                .iter()
+                .enumerate()
+                .map(|(i, v)| value_of("y_true", i, v))
+                .collect::<Result<Vec<_>, _>>()?;
+            let guess = match (&given, &predicted) {
+                (Some(values), _) => values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| value_of("y_predict", i, v))
+                    .collect::<Result<Vec<_>, _>>()?,
+                (None, Some(p)) => p.values.clone().unwrap_or_default(),
+                (None, None) => unreachable!("predicted when not given"),
+            };
+            let pairs: Vec<(f64, f64)> = truth.into_iter().zip(guess).collect();
+            store.record_values(&pairs)
+        }
+    };
+    let figures = if recorded { store.figures() } else { None };
+    let mut target = json!({ "feedback_rows": table.n_rows, "recorded": recorded });
+    if let Some(f) = &figures {
+        target["total_feedback_rows"] = json!(f.rows());
+    }
+    Ok(Response {
+        target: Target::Json(target),
+        list_metrics: figures.map(|f| f.metric_values()).unwrap_or_default(),
+        ..Response::default()
+    })
 }

@@ -13,7 +13,7 @@ use mldeploy_package::{
 use serde_json::{json, Value};
 
 fn context(slots: SharedSlots) -> LoadContext {
-    LoadContext { shared: slots, metrics: std::sync::Arc::new(NoMetrics), engine_threads: 1, threads: 1 }
+    LoadContext { shared: slots, metrics: std::sync::Arc::new(NoMetrics), ..LoadContext::private() }
 }
 
 /// One float feature `x`; a linear regression `y = 2x + 1` or a binary logistic regression

@@ -163,6 +163,7 @@ fn load_models<L: ModelLoader>(
     log: &Logger,
 ) -> Result<Registry, LoadFailure> {
     let mut models: Vec<(Arc<dyn Model>, ModelSource)> = Vec::with_capacity(specs.len());
+    let engine_settings = Arc::new(settings.engines.to_map());
     for spec in specs {
         let path = spec.source.path.as_deref();
         let what = path.map_or_else(|| "the built-in model".to_string(), |p| p.display().to_string());
@@ -175,6 +176,7 @@ fn load_models<L: ModelLoader>(
             metrics: metrics.model_sink(),
             engine_threads: settings.server.engine_threads,
             threads: settings.server.threads,
+            engine_settings: Arc::clone(&engine_settings),
         };
         let started = Instant::now();
         let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| loader.load(path, &ctx)));

@@ -80,6 +80,11 @@ const FLAGS: &[Flag] = &[
     Flag { repeat: true, ..flag("kafka_option", "KEY=VALUE", "Extra librdkafka setting; repeatable") },
     Flag { switch: true, ..flag("metrics_enabled", "BOOL", "Record Prometheus metrics [default: true]") },
     flag("max_series", "N", "Label sets per metric family before overflow [default: 512]"),
+    flag(
+        "onnxruntime",
+        "PATH",
+        "ONNX Runtime library for ONNX models (libonnxruntime.so.*, or its directory) [default: ORT_DYLIB_PATH, else the active Python's onnxruntime]",
+    ),
     flag("worker_class", "CLASS", "Accepted for ml-deploy compatibility: sync or gthread"),
     flag(
         "python",

@@ -29,6 +29,8 @@ pub struct Settings {
     pub metrics: MetricsSection,
     /// `[python]`: Python models (ml-deploy interface classes).
     pub python: PythonSection,
+    /// `[engines]`: what the model engines need from the machine.
+    pub engines: EngineSettings,
 }
 
 /// `[python]` section: read by the `mldeploy-python` binary, which serves ml-deploy interface
@@ -168,6 +170,27 @@ pub struct MetricsSection {
     pub max_series: usize,
 }
 
+/// `[engines]` section: settings handed to every model loader as its `engine_settings`, by key.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSettings {
+    /// The ONNX Runtime shared library (`libonnxruntime.so.*`, or the directory holding it)
+    /// for ONNX models; unset: `ORT_DYLIB_PATH`, else the `onnxruntime` package of the active
+    /// Python environment.
+    pub onnxruntime: Option<PathBuf>,
+}
+
+impl EngineSettings {
+    /// The settings as the loaders get them: key to value, only those set.
+    pub fn to_map(&self) -> std::collections::BTreeMap<String, String> {
+        let mut map = std::collections::BTreeMap::new();
+        if let Some(path) = &self.onnxruntime {
+            map.insert("onnxruntime".to_string(), path.display().to_string());
+        }
+        map
+    }
+}
+
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
@@ -294,6 +317,7 @@ pub const KEYS: &[&str] = &[
     "kafka_option",
     "metrics_enabled",
     "max_series",
+    "onnxruntime",
     "worker_class",
     "python",
     "ml_deploy_config",
@@ -389,6 +413,9 @@ impl Settings {
             "kafka_option" => self.kafka.kafka_option.push(value.to_string()),
             "metrics_enabled" => self.metrics.metrics_enabled = parse_bool(key, value)?,
             "max_series" => self.metrics.max_series = parse_num(key, value, "a whole number >= 1")?,
+            "onnxruntime" => {
+                self.engines.onnxruntime = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
+            }
             // gunicorn's worker class: mldeploy has one worker type; only the names that mean
             // "threads in a worker" are accepted so a stale setting is not silently misread.
             "worker_class" => match value.trim() {
@@ -647,6 +674,19 @@ mod tests {
         let mut s = Settings::default();
         s.set("model_version", "iris").unwrap();
         assert!(s.validate().unwrap_err().0.contains("NAME=VERSION"));
+    }
+
+    #[test]
+    fn engine_settings_reach_the_loaders_by_key() {
+        assert!(Settings::default().engines.to_map().is_empty());
+        let mut s = Settings::default();
+        s.apply_env(&env_of(&[("MLDEPLOY_ONNXRUNTIME", "/opt/ort/libonnxruntime.so.1.31.1")])).unwrap();
+        assert_eq!(
+            s.engines.to_map().get("onnxruntime").map(String::as_str),
+            Some("/opt/ort/libonnxruntime.so.1.31.1")
+        );
+        let s: Settings = toml::from_str("[engines]\nonnxruntime = \"/x/lib.so\"").unwrap();
+        assert_eq!(s.engines.onnxruntime, Some(PathBuf::from("/x/lib.so")));
     }
 
     #[test]

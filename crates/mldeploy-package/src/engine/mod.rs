@@ -7,6 +7,8 @@
 
 #[cfg(feature = "candle")]
 mod dense;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 #[cfg(feature = "trees")]
 pub mod trees;
 
@@ -91,5 +93,14 @@ pub(crate) fn find(kind: &str) -> Option<(&'static dyn EngineKinds, Task)> {
 
 /// Every kind this build can serve, for messages.
 pub(crate) fn known_kinds() -> Vec<&'static str> {
-    ENGINES.iter().flat_map(|e| e.kinds().iter().map(|(name, _)| *name)).collect()
+    let mut kinds: Vec<&'static str> =
+        ENGINES.iter().flat_map(|e| e.kinds().iter().map(|(name, _)| *name)).collect();
+    if cfg!(feature = "onnx") {
+        kinds.push(ONNX_KIND);
+    }
+    kinds
 }
+
+/// The kind of ONNX packages: a graph computed by ONNX Runtime, a model of its own rather than
+/// an [`Engine`] behind the tabular package format (its inputs and outputs are the graph's).
+pub(crate) const ONNX_KIND: &str = "onnx";

@@ -271,9 +271,17 @@ impl Serialize for TargetJson<'_> {
         };
         let mut map = s.serialize_map(None)?;
         let mut has_probabilities = false;
-        for key in ["y_predicted", "probabilities"] {
+        let mut written: [Option<&str>; 2] = [None; 2];
+        for (slot, key) in ["y_predicted", "probabilities"].into_iter().enumerate() {
             if let Some(o) = outputs.iter().find(|o| alias(o) == Some(key)) {
-                map.serialize_entry(key, &o.tensor.nested())?;
+                written[slot] = Some(key);
+                // One value per row: a `[rows, 1]` tensor (an ONNX regressor's `variable`) is
+                // listed flat, as ml-deploy's `y_predicted` always was.
+                if key == "y_predicted" && matches!(o.tensor.shape.as_slice(), [_, 1]) {
+                    map.serialize_entry(key, &o.tensor.flat())?;
+                } else {
+                    map.serialize_entry(key, &o.tensor.nested())?;
+                }
                 has_probabilities |= key == "probabilities";
             }
         }
@@ -282,8 +290,13 @@ impl Serialize for TargetJson<'_> {
                 map.serialize_entry("classes", classes)?;
             }
         }
+        // By name, but once per key: an output already listed under its own name as an alias
+        // (an ONNX graph's `probabilities`) is not listed twice.
         for o in outputs.iter().filter(|o| by_name || alias(o).is_none()) {
-            map.serialize_entry(&o.name, &o.tensor.nested())?;
+            let listed = written.contains(&Some(o.name.as_str())) || has_probabilities && o.name == "classes";
+            if !listed {
+                map.serialize_entry(&o.name, &o.tensor.nested())?;
+            }
         }
         map.end()
     }
