@@ -471,6 +471,187 @@ fn a_large_answer_read_slowly_arrives_whole() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Early answers to clients that send their whole body before they read
+
+/// Send `head`, then `body_len` bytes of body (in `chunked` encoding if asked), from this one
+/// thread and without reading anything: as Python's `http.client` and `requests` do. Then read
+/// the answer.
+fn send_all_then_read(
+    addr: SocketAddr,
+    head: &str,
+    body_len: usize,
+    chunked: bool,
+) -> std::io::Result<Response> {
+    let mut client = Client::open(addr)?;
+    let block = vec![b'1'; MIB];
+    let mut stream = client.stream().try_clone()?;
+    stream.write_all(head.as_bytes())?;
+    let mut left = body_len;
+    while left > 0 {
+        let n = left.min(block.len());
+        if chunked {
+            stream.write_all(format!("{n:x}\r\n").as_bytes())?;
+            stream.write_all(&block[..n])?;
+            stream.write_all(b"\r\n")?;
+        } else {
+            stream.write_all(&block[..n])?;
+        }
+        left -= n;
+    }
+    if chunked {
+        stream.write_all(b"0\r\n\r\n")?;
+    }
+    client.read_response()
+}
+
+#[test]
+fn a_client_that_sends_its_whole_body_before_reading_gets_the_early_answer() {
+    let server = Server::start(&["serve", "--workers", "1", "--threads", "2"]);
+    let chunked_head =
+        format!("POST {PREDICT} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let not_found = "POST /no/such/route HTTP/1.1\r\nHost: localhost\r\nContent-Length: 25165824\r\n\r\n";
+    let cases: [(&str, String, usize, bool, u16, &str); 5] = [
+        ("24 MiB over --max-body", post_head(24 * MIB, ""), 24 * MIB, false, 413, "payload_too_large"),
+        ("64 MiB over --max-body", post_head(64 * MIB, ""), 64 * MIB, false, 413, "payload_too_large"),
+        ("24 MiB chunked over --max-body", chunked_head, 24 * MIB, true, 413, "payload_too_large"),
+        ("24 MiB to no route", not_found.to_string(), 24 * MIB, false, 404, "not_found"),
+        (
+            "24 MiB compressed",
+            post_head(24 * MIB, "Content-Encoding: gzip\r\n"),
+            24 * MIB,
+            false,
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (name, head, len, chunked, status, error) in cases {
+        let r = send_all_then_read(server.addr, &head, len, chunked)
+            .unwrap_or_else(|e| panic!("{name}: no answer: {e}\n{}", server.output()));
+        assert_eq!(r.status, status, "{name}: {}", r.text());
+        assert_eq!(error_body_problem(&r).as_deref(), Ok(error), "{name}");
+        assert_eq!(r.header("connection"), Some("close"), "{name}");
+    }
+    others_are_served(&server, &demo_sample(&server));
+}
+
+#[test]
+fn python_http_client_sending_30_mib_gets_the_413() {
+    if !common::python_has("http.client, json") {
+        return;
+    }
+    let server = Server::start(&["serve", "--workers", "1"]);
+    // http.client sends the whole body, then reads: a reset before the end of the body is a
+    // BrokenPipeError or ConnectionResetError here, and no answer.
+    let script = r#"
+import http.client, json, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=60)
+c.request("POST", "/api/ml/predict", body=b"1" * (30 << 20), headers={"Content-Type": "application/json"})
+r = c.getresponse()
+print(r.status, json.loads(r.read())["error"])
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &server.addr.port().to_string()])
+        .output()
+        .expect("run python3");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && printed.trim() == "413 payload_too_large",
+        "python3 printed {printed:?}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.output()
+    );
+}
+
+/// The largest buffer the kernel may give one TCP socket, from a `tcp_rmem`/`tcp_wmem` file.
+fn tcp_buffer_max(name: &str) -> usize {
+    let text = std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).unwrap_or_default();
+    text.split_whitespace().nth(2).and_then(|n| n.parse().ok()).unwrap_or(64 * MIB)
+}
+
+/// Send on `stream` until a write fails, `pace` between writes, at most `cap` bytes; the bytes
+/// the socket accepted and the error that ended it (none: the cap was reached).
+fn send_until_cut_off(
+    stream: &mut TcpStream,
+    block: usize,
+    pace: Option<Duration>,
+    cap: usize,
+) -> (usize, Option<std::io::Error>) {
+    let bytes = vec![b'1'; block];
+    let mut accepted = 0;
+    while accepted < cap {
+        match stream.write(&bytes) {
+            Ok(n) => accepted += n,
+            Err(e) => return (accepted, Some(e)),
+        }
+        if let Some(pace) = pace {
+            std::thread::sleep(pace);
+        }
+    }
+    (accepted, None)
+}
+
+#[test]
+fn a_client_that_never_stops_sending_is_cut_off_at_the_linger_bounds() {
+    let linger_bytes = 64 * MIB;
+    let server = Server::start(&[
+        "serve",
+        "--workers",
+        "1",
+        "--linger-bytes",
+        &linger_bytes.to_string(),
+        "--linger-time",
+        "600",
+    ]);
+    // A body declared far over --max-body: 413 at once, then the server lingers.
+    let endless = post_head(1 << 40, "");
+    let mut client = Client::open(server.addr).expect("connect");
+    let mut stream = client.stream().try_clone().expect("clone");
+    stream.write_all(endless.as_bytes()).expect("head");
+    let (accepted, error) = send_until_cut_off(&mut stream, 64 * 1024, None, 4096 * MIB);
+    let error = error.unwrap_or_else(|| panic!("never cut off after {accepted} bytes\n{}", server.output()));
+    // What the socket accepted beyond what the server read sits in the two kernel buffers.
+    let slack = tcp_buffer_max("tcp_rmem") + tcp_buffer_max("tcp_wmem") + MIB;
+    eprintln!("bytes bound {linger_bytes}: {accepted} bytes accepted before {error} (slack {slack})");
+    assert!(
+        matches!(error.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+        "cut off by a reset, not {error}"
+    );
+    assert!(accepted >= linger_bytes, "closed after {accepted} bytes, before the bound of {linger_bytes}");
+    assert!(accepted <= linger_bytes + slack, "{accepted} bytes accepted, over the bound of {linger_bytes}");
+    // The answer went out before the server read on: it may still be readable, unless the reset
+    // discarded it.
+    if let Ok(r) = client.read_response() {
+        assert_eq!(r.status, 413, "{}", r.text());
+    }
+    drop(client);
+
+    // The time bound: a client that trickles its body is cut off once linger_time passes,
+    // long before the bytes bound.
+    let server = Server::start(&[
+        "serve",
+        "--workers",
+        "1",
+        "--linger-bytes",
+        &(1024 * MIB).to_string(),
+        "--linger-time",
+        "1",
+    ]);
+    let client = Client::open(server.addr).expect("connect");
+    let mut stream = client.stream().try_clone().expect("clone");
+    stream.write_all(endless.as_bytes()).expect("head");
+    // 16 KiB every 10 ms, about 1.6 MB/s: 200 MB would take two minutes.
+    let cap = 200 * MIB;
+    let (accepted, error) = send_until_cut_off(&mut stream, 16 * 1024, Some(Duration::from_millis(10)), cap);
+    let error = error.unwrap_or_else(|| panic!("never cut off after {accepted} bytes\n{}", server.output()));
+    eprintln!("time bound 1 s: {accepted} bytes accepted before {error}");
+    assert!(
+        matches!(error.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+        "cut off by a reset, not {error}"
+    );
+    others_are_served(&server, &demo_sample(&server));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Bad input
 
 /// A bad request and the answers it may get.

@@ -103,7 +103,8 @@ impl Server {
         Self::wait_ready(Self::spawn_program(fault_binary(), args, env))
     }
 
-    fn wait_ready(server: Server) -> Server {
+    /// Wait until a server started with [`Server::spawn_program`] answers `/ready` with 200.
+    pub fn wait_ready(server: Server) -> Server {
         let ok = wait_until(Duration::from_secs(60), || {
             http::get(server.addr, "/ready").map(|r| r.status == 200).unwrap_or(false)
         });
@@ -226,6 +227,7 @@ pub mod libc_sig {
     pub const SIGQUIT: i32 = 3;
     pub const SIGKILL: i32 = 9;
     pub const SIGUSR1: i32 = 10;
+    pub const SIGUSR2: i32 = 12;
     pub const SIGTERM: i32 = 15;
     pub const SIGSTOP: i32 = 19;
     pub const SIGTTIN: i32 = 21;

@@ -13,6 +13,7 @@
 //! | HUP | reload: [`App::prepare`] again, fork a new generation, and once every new worker is ready stop the old one gracefully; if the new generation fails, the old one keeps serving |
 //! | TTIN, TTOU | one worker more, one less (never fewer than one) |
 //! | USR1 | [`App::reopen_logs`], and USR1 to every worker |
+//! | USR2 | binary upgrade: start a new master from the program file this one was started as (replaced on disk by a package upgrade), with the same arguments and environment, handing it the listening sockets; once every worker of the new master is ready, stop this master's workers gracefully and exit 0. If the new master exits or is not ready in time, it is killed and this one serves on. A USR2 during a reload waits for it; a HUP during an upgrade waits for it too, and is dropped if the new master serves (it read the settings as it started) |
 //!
 //! A worker that ends before it reported ready failed to boot (it should exit with
 //! [`exit_code::BOOT_FAILURE`], e.g. when the model does not load). In the first generation that
@@ -22,7 +23,16 @@
 //!
 //! With `NOTIFY_SOCKET` set, systemd hears `READY=1` once every first-generation worker is ready,
 //! `RELOADING=1` ... `READY=1` around a reload, `STOPPING=1` and `STATUS=` lines. Sending never
-//! blocks the master (a message to a full queue is dropped).
+//! blocks the master (a message to a full queue is dropped). Around an upgrade it hears
+//! `RELOADING=1` from the old master, then `READY=1` with `MAINPID=<new master>` from the new
+//! master (its first word: a new master says nothing before, so one that fails cannot say
+//! `STOPPING=1` for the service), then the same from the old master, which then falls silent
+//! and leaves. systemd takes the new master's own message only with `NotifyAccess=all` (it is
+//! not the main process yet); the old master's repeats it for units with `NotifyAccess=main`. A
+//! failed upgrade ends with `READY=1` from the old master.
+//!
+//! The pidfile names the master that serves: during an upgrade the old master's is renamed
+//! `<pidfile>.oldbin` and the new master writes `<pidfile>`; a failed upgrade renames it back.
 //!
 //! Contract with the application: in the master ([`App::prepare`], [`App::on_event`],
 //! [`App::reopen_logs`] and the logger's drain) nothing may start a thread, because the master
@@ -39,6 +49,7 @@ mod os;
 mod pidfile;
 mod real_os;
 mod sys;
+mod upgrade;
 mod worker;
 
 use std::fmt;
@@ -72,7 +83,8 @@ pub struct SupervisorConfig {
     pub max_requests: u64,
     /// A random 0..=jitter added to `max_requests` per worker.
     pub max_requests_jitter: u64,
-    /// Written at start, removed at exit (a reload does not move it).
+    /// Written at start, removed at exit (a reload does not move it; an upgrade renames it
+    /// `<pidfile>.oldbin` while the new master starts, and back if it fails).
     pub pidfile: Option<PathBuf>,
     /// Drop privileges to this user after binding (in each worker; see the crate docs).
     pub user: Option<String>,
@@ -362,13 +374,28 @@ fn start_up<A: App>(app: &mut A, log: &slog::Logger) -> Result<Startup, ()> {
 /// Run the master loop until stopped; returns the process exit code.
 ///
 /// Calls [`App::prepare`]`(false)`, writes the pidfile, forks the first generation and
-/// supervises until a stop signal (exit 0) or a first-generation boot failure
-/// ([`exit_code::BOOT_FAILURE`]); [`exit_code::FAILURE`] if it cannot start.
+/// supervises until a stop signal (exit 0), an upgrade that handed over to a new master (exit
+/// 0) or a first-generation boot failure ([`exit_code::BOOT_FAILURE`]); [`exit_code::FAILURE`]
+/// if it cannot start.
 pub fn run<A: App>(mut app: A, listeners: Vec<TcpListener>, log: slog::Logger) -> i32 {
+    // Before `start_up` takes the notification socket out of the environment.
+    let relaunch = upgrade::Relaunch::capture();
+    let old_master = match upgrade::take_ready_pipe() {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            error!(log, "cannot take the pipe to the master that started this one"; "error" => %e);
+            return exit_code::FAILURE;
+        }
+    };
     let Ok(startup) = start_up(&mut app, &log) else {
         return exit_code::FAILURE;
     };
-    let os = match real_os::RealOs::new(startup.notifier) {
+    if relaunch.is_none() {
+        warn!(log, "binary upgrade off"; "why" => "the program this master runs cannot be found");
+    }
+    let around =
+        real_os::Surroundings { notifier: startup.notifier, pidfile: startup.pidfile, relaunch, old_master };
+    let os = match real_os::RealOs::new(around) {
         Ok(os) => os,
         Err(e) => {
             error!(log, "cannot install signal handlers"; "error" => %e);
@@ -378,9 +405,9 @@ pub fn run<A: App>(mut app: A, listeners: Vec<TcpListener>, log: slog::Logger) -
     info!(log, "master started"; "pid" => std::process::id(), "workers" => startup.config.workers,
         "threads" => startup.config.threads);
     let master = master::Master::new(os, app, log.clone(), listeners, startup.config, startup.identity);
+    // The pidfile goes with the master's OS, when `run` returns.
     let code = master.run();
     info!(log, "master exited"; "code" => code);
-    drop(startup.pidfile);
     code
 }
 

@@ -11,9 +11,6 @@ use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType
 
 use crate::sys;
 
-/// The first fd systemd passes (`SD_LISTEN_FDS_START`).
-const LISTEN_FDS_START: i32 = 3;
-
 fn context(what: String) -> impl FnOnce(io::Error) -> io::Error {
     move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
 }
@@ -55,7 +52,7 @@ pub(crate) fn from_systemd() -> io::Result<Option<Vec<TcpListener>>> {
     if count == 0 {
         return Ok(None);
     }
-    let listeners = (LISTEN_FDS_START..LISTEN_FDS_START + count)
+    let listeners = (sys::LISTEN_FDS_START..sys::LISTEN_FDS_START + count)
         .map(sys::inherited_listener)
         .collect::<io::Result<Vec<_>>>()
         .map_err(context("systemd socket activation".into()))?;

@@ -1,10 +1,11 @@
 //! The master's state machine.
 //!
-//! One loop: wait on the [`Os`] until a signal, a worker's wake-up or the next deadline, then act
-//! with one `match` over the queued signals and a fixed series of small named steps: read the
-//! workers' slots (ready, retire), kill stale workers, and advance the current [`Phase`] (finish
-//! retirements, spawn missing workers, finish a reload or a stop). Every OS call goes through
-//! [`Os`], so the tests at the bottom drive the machine with a fake OS and a fake clock.
+//! One loop: wait on the [`Os`] until a signal, a worker's wake-up, a new master's report or
+//! the next deadline, then act with one `match` over the queued events and a fixed series of
+//! small named steps: read the workers' slots (ready, retire), kill stale workers, and advance
+//! the current [`Phase`] (finish retirements, spawn missing workers, finish a reload, an
+//! upgrade or a stop). Every OS call goes through [`Os`], so the tests at the bottom drive the
+//! machine with a fake OS and a fake clock.
 
 use std::collections::HashMap;
 use std::io;
@@ -32,6 +33,8 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A crash this long after the previous one counts as the first of a new series.
 const BACKOFF_RESET: Duration = Duration::from_secs(60);
+/// What a new master (upgrade) may take to start, beyond the boot time of its workers.
+const NEW_MASTER_START: Duration = Duration::from_secs(60);
 
 /// The settings one generation of workers is forked with.
 #[derive(Debug)]
@@ -50,6 +53,13 @@ pub(crate) enum Phase {
     Running,
     /// A new generation boots beside the current one, which serves until the new one is ready.
     Reloading(Rc<Generation>),
+    /// A new master (USR2) starts from the binary on disk with the same sockets; the current
+    /// generation serves until it reports ready, and it is killed if it is not by `deadline`.
+    Upgrading { pid: i32, deadline: Duration },
+    /// The new master serves: every worker was asked to stop gracefully, and the master exits
+    /// with 0 once they are gone. It tells systemd nothing more: the new master is its main
+    /// process now.
+    HandedOver,
     /// Every worker was asked to stop; what is left at `kill_at` is killed, and the master exits
     /// with `code` once the last worker is reaped.
     Stopping { fast: bool, kill_at: Duration, code: i32 },
@@ -91,6 +101,13 @@ impl WorkerState {
     fn boot_deadline(&self) -> Duration {
         self.started_at + BOOT_TIMEOUT.max(self.timeout.unwrap_or_default())
     }
+}
+
+/// A new master that failed or was abandoned, not yet reaped.
+#[derive(Debug, Clone, Copy)]
+struct LeavingMaster {
+    pid: i32,
+    killed: bool,
 }
 
 /// Growing delays between respawns of workers that keep crashing.
@@ -169,6 +186,10 @@ pub(crate) struct Master<O: Os, A: App> {
     spawn_not_before: Duration,
     /// A HUP came while a reload could not start; one starts when it can.
     reload_pending: bool,
+    /// A USR2 came while a generation was booting; the upgrade starts when it can.
+    upgrade_pending: bool,
+    /// A new master this one started and gave up on, until it is reaped (a stop waits for it).
+    leaving: Option<LeavingMaster>,
     /// The pid that last left a (generation, index) unplanned, for its replacement's log line.
     left: HashMap<(u64, usize), i32>,
     /// The last status sent to systemd: (ready, target).
@@ -197,6 +218,8 @@ impl<O: Os, A: App> Master<O, A> {
             backoff: Backoff::default(),
             spawn_not_before: Duration::ZERO,
             reload_pending: false,
+            upgrade_pending: false,
+            leaving: None,
             left: HashMap::new(),
             status: None,
         }
@@ -238,6 +261,8 @@ impl<O: Os, A: App> Master<O, A> {
             MasterSignal::MoreWorkers => self.scale(true),
             MasterSignal::FewerWorkers => self.scale(false),
             MasterSignal::ReopenLogs => self.reopen_logs(),
+            MasterSignal::Upgrade => self.upgrade(),
+            MasterSignal::NewMasterReady => self.hand_over(),
         }
     }
 
@@ -246,7 +271,7 @@ impl<O: Os, A: App> Master<O, A> {
     }
 
     fn is_stopping(&self) -> bool {
-        matches!(self.phase, Phase::Stopping { .. } | Phase::Exited(_))
+        matches!(self.phase, Phase::Stopping { .. } | Phase::HandedOver | Phase::Exited(_))
     }
 
     /// When the loop must look again at the latest.
@@ -257,10 +282,10 @@ impl<O: Os, A: App> Master<O, A> {
             until = until.min(self.spawn_not_before);
         }
         // Once passed (what was left is killed), waiting for the exits must not spin.
-        if let Phase::Stopping { kill_at, .. } = self.phase {
-            if kill_at > now {
-                until = until.min(kill_at);
-            }
+        match self.phase {
+            Phase::Stopping { kill_at, .. } if kill_at > now => until = until.min(kill_at),
+            Phase::Upgrading { deadline, .. } => until = until.min(deadline),
+            _ => {}
         }
         for worker in &self.workers {
             match &worker.stop {
@@ -279,7 +304,28 @@ impl<O: Os, A: App> Master<O, A> {
             if let Some(position) = self.workers.iter().position(|w| w.pid == pid) {
                 let worker = self.workers.remove(position);
                 self.worker_exited(worker, exit);
+            } else {
+                self.master_exited(pid, exit);
             }
+        }
+    }
+
+    /// A child that is no worker ended: a new master (upgrade).
+    fn master_exited(&mut self, pid: i32, exit: Exit) {
+        let how = match exit {
+            Exit::Code(code) => format!("exited with code {code}"),
+            Exit::Signal(signal) => format!("was killed by {}", signal_name(signal)),
+        };
+        match self.phase {
+            Phase::Upgrading { pid: new, .. } if new == pid => {
+                self.upgrade_failed(&format!("the new master {how} before it was ready"));
+            }
+            _ if self.leaving.is_some_and(|leaving| leaving.pid == pid) => {
+                info!(self.log, "new master gone"; "pid" => pid, "how" => how);
+                self.leaving = None;
+            }
+            // The new master this one handed over to.
+            _ => warn!(self.log, "child exited"; "pid" => pid, "how" => how),
         }
     }
 
@@ -431,13 +477,27 @@ impl<O: Os, A: App> Master<O, A> {
         let now = self.os.now();
         let (kill_at, code) = match self.phase {
             Phase::Exited(_) | Phase::Stopping { fast: true, .. } => return,
-            Phase::Stopping { .. } if !fast => return,
+            Phase::Stopping { .. } | Phase::HandedOver if !fast => return,
             // Making a graceful stop fast keeps its exit code.
             Phase::Stopping { kill_at, code, .. } => (kill_at.min(now + FAST_STOP_TIMEOUT), code),
+            // Already on its way out, silently: only faster.
+            Phase::HandedOver => {
+                for position in 0..self.workers.len() {
+                    self.stop_worker(position, RestartReason::Shutdown, how);
+                }
+                return;
+            }
             _ => {
-                if let Phase::Reloading(_) = self.phase {
-                    warn!(self.log, "reload abandoned"; "why" => "stopping");
-                    self.emit(SupervisorEvent::ReloadFinished { ok: false, serving: self.current.number });
+                match self.phase {
+                    Phase::Reloading(_) => {
+                        warn!(self.log, "reload abandoned"; "why" => "stopping");
+                        self.emit(SupervisorEvent::ReloadFinished {
+                            ok: false,
+                            serving: self.current.number,
+                        });
+                    }
+                    Phase::Upgrading { pid, .. } => self.abandon_upgrade(pid),
+                    _ => {}
                 }
                 self.os.notify("STOPPING=1\nSTATUS=stopping");
                 let graceful = self.current.config.graceful_timeout;
@@ -448,9 +508,97 @@ impl<O: Os, A: App> Master<O, A> {
             "workers" => self.workers.len(), "code" => code);
         self.phase = Phase::Stopping { fast, kill_at, code };
         self.reload_pending = false;
+        self.upgrade_pending = false;
+        // A new master given up on stops with this one, as its workers do.
+        if let Some(leaving) = self.leaving.filter(|leaving| !leaving.killed) {
+            self.os.kill(leaving.pid, if fast { Signal::SIGQUIT } else { Signal::SIGTERM });
+        }
         for position in 0..self.workers.len() {
             self.stop_worker(position, RestartReason::Shutdown, how);
         }
+    }
+
+    /// Start an upgrade (USR2), or leave it for later while a generation is booting.
+    fn upgrade(&mut self) {
+        match self.phase {
+            Phase::Running => {}
+            Phase::Starting | Phase::Reloading(_) => {
+                info!(self.log, "upgrade deferred"; "why" => "a generation is still booting");
+                self.upgrade_pending = true;
+                return;
+            }
+            Phase::Upgrading { pid, .. } => {
+                warn!(self.log, "upgrade ignored"; "why" => "an upgrade is under way", "new_master" => pid);
+                return;
+            }
+            Phase::HandedOver | Phase::Stopping { .. } | Phase::Exited(_) => return,
+        }
+        if let Some(leaving) = self.leaving {
+            warn!(self.log, "upgrade ignored"; "why" => "the last new master has not exited yet",
+                "new_master" => leaving.pid);
+            return;
+        }
+        let now = self.os.now();
+        info!(self.log, "upgrade started");
+        self.os.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=upgrading", now.as_micros()));
+        match self.os.start_new_master(&self.listeners) {
+            Ok(pid) => {
+                let boot = BOOT_TIMEOUT.max(self.current.config.timeout.unwrap_or_default());
+                let deadline = now + NEW_MASTER_START + boot;
+                info!(self.log, "new master started"; "pid" => pid, "deadline_seconds" => (deadline - now).as_secs());
+                self.phase = Phase::Upgrading { pid, deadline };
+            }
+            Err(e) => self.upgrade_failed(&format!("cannot start the new master: {e}")),
+        }
+    }
+
+    /// The new master serves: stop this master's workers and leave. systemd hears the new
+    /// master's pid from this master too (so `NotifyAccess=main` still follows it), then nothing.
+    fn hand_over(&mut self) {
+        let Phase::Upgrading { pid, .. } = self.phase else {
+            // A report from a new master given up on already.
+            return;
+        };
+        info!(self.log, "upgrade finished"; "ok" => true, "new_master" => pid, "workers_stopping" => self.workers.len());
+        self.os.notify(&format!("MAINPID={pid}\nREADY=1\nSTATUS=upgraded: master {pid} serves"));
+        self.phase = Phase::HandedOver;
+        if self.reload_pending {
+            info!(self.log, "reload dropped"; "why" => "the new master read the settings as it started");
+        }
+        self.reload_pending = false;
+        self.upgrade_pending = false;
+        for position in 0..self.workers.len() {
+            self.stop_worker(position, RestartReason::Shutdown, Stop::Graceful);
+        }
+    }
+
+    /// The new master did not become ready in time: kill it (its workers then stop gracefully,
+    /// as workers of any dead master do); this master serves on.
+    fn upgrade_timed_out(&mut self, pid: i32) {
+        self.os.kill(pid, Signal::SIGKILL);
+        self.leaving = Some(LeavingMaster { pid, killed: true });
+        self.upgrade_failed("the new master was not ready in time");
+    }
+
+    /// A stop during an upgrade: the new master is stopped too (see `stop`), and this one
+    /// waits for it.
+    fn abandon_upgrade(&mut self, pid: i32) {
+        warn!(self.log, "upgrade abandoned"; "why" => "stopping", "new_master" => pid);
+        self.leaving = Some(LeavingMaster { pid, killed: false });
+        if let Err(e) = self.os.new_master_failed() {
+            error!(self.log, "pidfile not restored"; "error" => %e);
+        }
+    }
+
+    fn upgrade_failed(&mut self, why: &str) {
+        if let Err(e) = self.os.new_master_failed() {
+            error!(self.log, "pidfile not restored"; "error" => %e);
+        }
+        self.phase = Phase::Running;
+        error!(self.log, "upgrade finished"; "ok" => false, "error" => why, "generation" => self.current.number);
+        let serving = self.current_ready();
+        self.status = Some((serving, self.target));
+        self.os.notify(&format!("READY=1\nSTATUS=upgrade failed ({why}); {serving} workers serving"));
     }
 
     /// Start a reload (HUP), or leave it for later while a generation is booting.
@@ -462,7 +610,12 @@ impl<O: Os, A: App> Master<O, A> {
                 self.reload_pending = true;
                 return;
             }
-            Phase::Stopping { .. } | Phase::Exited(_) => return,
+            Phase::Upgrading { .. } => {
+                info!(self.log, "reload deferred"; "why" => "an upgrade is under way");
+                self.reload_pending = true;
+                return;
+            }
+            Phase::HandedOver | Phase::Stopping { .. } | Phase::Exited(_) => return,
         }
         let number = self.next_generation;
         info!(self.log, "reload started"; "generation" => number);
@@ -688,17 +841,25 @@ impl<O: Os, A: App> Master<O, A> {
                     self.phase = Phase::Running;
                     info!(self.log, "server ready"; "workers" => self.target, "pid" => std::process::id());
                     self.status = Some((self.target, self.target));
+                    // After an upgrade, systemd takes this master's pid for the service's...
                     self.os.notify(&format!(
                         "READY=1\nMAINPID={}\nSTATUS={} workers serving",
                         std::process::id(),
                         self.target
                     ));
+                    // ...before the old master is told to stop its workers and leave.
+                    if let Err(e) = self.os.report_ready() {
+                        error!(self.log, "cannot tell the old master this one serves"; "error" => %e);
+                    }
                 }
             }
             Phase::Running => {
                 self.finish_retirements();
                 self.manage_workers();
-                if self.reload_pending {
+                if self.upgrade_pending {
+                    self.upgrade_pending = false;
+                    self.upgrade();
+                } else if self.reload_pending {
                     self.reload_pending = false;
                     self.reload();
                 } else {
@@ -715,8 +876,22 @@ impl<O: Os, A: App> Master<O, A> {
                     self.finish_reload(next);
                 }
             }
-            Phase::Stopping { kill_at, code, .. } => {
+            Phase::Upgrading { pid, deadline } => {
+                self.finish_retirements();
+                self.manage_workers();
+                if self.os.now() >= deadline {
+                    self.upgrade_timed_out(pid);
+                } else {
+                    self.report_status();
+                }
+            }
+            Phase::HandedOver => {
                 if self.workers.is_empty() {
+                    self.phase = Phase::Exited(exit_code::OK);
+                }
+            }
+            Phase::Stopping { kill_at, code, .. } => {
+                if self.workers.is_empty() && self.leaving.is_none() {
                     self.phase = Phase::Exited(code);
                 } else if self.os.now() >= kill_at {
                     for worker in &mut self.workers {
@@ -725,6 +900,11 @@ impl<O: Os, A: App> Master<O, A> {
                             self.os.kill(worker.pid, Signal::SIGKILL);
                             order.killed = true;
                         }
+                    }
+                    if let Some(leaving) = self.leaving.as_mut().filter(|leaving| !leaving.killed) {
+                        warn!(self.log, "new master killed"; "pid" => leaving.pid, "why" => "did not stop in time");
+                        self.os.kill(leaving.pid, Signal::SIGKILL);
+                        leaving.killed = true;
                     }
                 }
             }

@@ -3,6 +3,7 @@
 //! ([`crate::real_os::RealOs`] is the real one).
 
 use std::io;
+use std::net::TcpListener;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -18,7 +19,7 @@ pub(crate) enum Exit {
     Signal(i32),
 }
 
-/// What the master's signal handlers queue.
+/// What the master's signal handlers queue, and what a new master reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MasterSignal {
     /// SIGCHLD: a worker ended.
@@ -37,6 +38,10 @@ pub(crate) enum MasterSignal {
     FewerWorkers,
     /// SIGUSR1: reopen log files.
     ReopenLogs,
+    /// SIGUSR2: upgrade to the binary on disk.
+    Upgrade,
+    /// Not a signal: the new master of an upgrade reported that it serves.
+    NewMasterReady,
 }
 
 /// The operating system, as the master uses it.
@@ -58,8 +63,18 @@ pub(crate) trait Os {
     fn reap(&mut self) -> Option<(i32, Exit)>;
     /// Sleep until `until`, a signal or a worker's wake-up; the signals received meanwhile.
     fn wait(&mut self, until: Duration) -> Vec<MasterSignal>;
-    /// Tell systemd, if it listens.
+    /// Tell systemd, if it listens (a master an upgrade started says nothing before its
+    /// `READY=1`).
     fn notify(&mut self, state: &str);
+    /// Upgrade: start a new master from the program this one was started as, with the same
+    /// arguments and environment, handing it `listeners`; the pidfile is moved aside first.
+    /// Returns its pid; [`Os::wait`] yields [`MasterSignal::NewMasterReady`] once it serves.
+    fn start_new_master(&mut self, listeners: &[TcpListener]) -> io::Result<i32>;
+    /// The new master failed or was abandoned: stop waiting for its report, and make the
+    /// pidfile name this master again.
+    fn new_master_failed(&mut self) -> io::Result<()>;
+    /// This master serves: if an upgrade started it, tell the master that did.
+    fn report_ready(&mut self) -> io::Result<()>;
     /// A random number (max-requests jitter).
     fn random(&mut self) -> u64;
 }

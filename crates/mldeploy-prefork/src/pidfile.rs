@@ -1,6 +1,10 @@
 //! The pidfile: the master's pid written at start (atomically, through a temporary file and a
 //! rename) and removed at exit if it still names this process. A pidfile naming a live process
 //! other than this one is refused, so two masters are not started on one pidfile.
+//!
+//! During an upgrade (USR2) the old master renames its pidfile to `<pidfile>.oldbin`, as nginx
+//! does, and the new master writes `<pidfile>`; if the new master fails, the old one renames
+//! `<pidfile>.oldbin` back. So `<pidfile>` names the master that serves.
 
 use std::fs;
 use std::io;
@@ -13,6 +17,8 @@ use crate::Error;
 pub struct Pidfile {
     path: PathBuf,
     pid: u32,
+    /// It was moved to [`Pidfile::aside_path`] for an upgrade.
+    aside: bool,
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
@@ -46,19 +52,65 @@ impl Pidfile {
             let _ = fs::remove_file(&temporary);
             io_error(e)
         })?;
-        Ok(Pidfile { path: path.to_owned(), pid })
+        Ok(Pidfile { path: path.to_owned(), pid, aside: false })
     }
 
     /// Where it was written.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Where it goes while a new master starts: `<pidfile>.oldbin`.
+    pub fn aside_path(&self) -> PathBuf {
+        let mut aside = self.path.as_os_str().to_owned();
+        aside.push(".oldbin");
+        PathBuf::from(aside)
+    }
+
+    /// Where it is now.
+    fn location(&self) -> PathBuf {
+        if self.aside {
+            self.aside_path()
+        } else {
+            self.path.clone()
+        }
+    }
+
+    /// Rename it to [`Pidfile::aside_path`], so that a new master can write its own.
+    pub(crate) fn move_aside(&mut self) -> Result<(), Error> {
+        if self.aside {
+            return Ok(());
+        }
+        let aside = self.aside_path();
+        fs::rename(&self.path, &aside).map_err(|source| Error::Io {
+            what: format!("renaming pidfile {} to {}", self.path.display(), aside.display()),
+            source,
+        })?;
+        self.aside = true;
+        Ok(())
+    }
+
+    /// Rename it back (the new master failed): the pidfile names this master again, whatever
+    /// the new master wrote there.
+    pub(crate) fn restore(&mut self) -> Result<(), Error> {
+        if !self.aside {
+            return Ok(());
+        }
+        let aside = self.aside_path();
+        fs::rename(&aside, &self.path).map_err(|source| Error::Io {
+            what: format!("renaming pidfile {} back to {}", aside.display(), self.path.display()),
+            source,
+        })?;
+        self.aside = false;
+        Ok(())
+    }
 }
 
 impl Drop for Pidfile {
     fn drop(&mut self) {
-        if read_pid(&self.path).and_then(|pid| u32::try_from(pid).ok()) == Some(self.pid) {
-            let _ = fs::remove_file(&self.path);
+        let location = self.location();
+        if read_pid(&location).and_then(|pid| u32::try_from(pid).ok()) == Some(self.pid) {
+            let _ = fs::remove_file(&location);
         }
     }
 }
@@ -99,6 +151,28 @@ mod tests {
         let result = Pidfile::create(&path);
         assert!(matches!(result, Err(Error::AlreadyRunning { pid, .. }) if pid == parent));
         assert_eq!(read_pid(&path), Some(parent), "left as it was");
+        let _ = fs::remove_file(&path);
+    }
+
+    #[test]
+    fn moved_aside_for_an_upgrade_and_back() {
+        let path = temp_path("aside");
+        let mut pidfile = Pidfile::create(&path).expect("create");
+        pidfile.move_aside().expect("aside");
+        let aside = pidfile.aside_path();
+        assert!(!path.exists());
+        assert_eq!(read_pid(&aside), Some(std::process::id() as i32));
+        // A new master writes its own, then fails: ours is put back over it.
+        fs::write(&path, "1\n").expect("the new master's pidfile");
+        pidfile.restore().expect("restore");
+        assert!(!aside.exists());
+        assert_eq!(read_pid(&path), Some(std::process::id() as i32));
+        // Aside again, and the new master serves: dropping removes the .oldbin file only.
+        pidfile.move_aside().expect("aside");
+        fs::write(&path, "1\n").expect("the new master's pidfile");
+        drop(pidfile);
+        assert!(!aside.exists());
+        assert_eq!(read_pid(&path), Some(1));
         let _ = fs::remove_file(&path);
     }
 

@@ -1,15 +1,17 @@
 //! Every `unsafe` operation of the crate, each behind a small safe function: shared memory,
-//! the master's signal handlers, fork, inherited sockets, the allocator's purge.
+//! the master's signal handlers, fork, fork and exec of a new master, inherited sockets and
+//! pipes, the allocator's purge.
 //!
 //! Contract: the master runs no thread besides its main one whenever it forks (the crate starts
 //! none, and [`App`](crate::App) implementations must not start any in the master), so a forked
 //! child is a complete, consistent copy of the master.
 
+use std::ffi::{CStr, CString};
 use std::io;
 use std::mem::ManuallyDrop;
 use std::net::TcpListener;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -118,7 +120,7 @@ impl Drop for SharedMem {
 }
 
 /// The signals the master acts on.
-pub(crate) const MASTER_SIGNALS: [Signal; 8] = [
+pub(crate) const MASTER_SIGNALS: [Signal; 9] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
@@ -127,6 +129,7 @@ pub(crate) const MASTER_SIGNALS: [Signal; 8] = [
     Signal::SIGTTIN,
     Signal::SIGTTOU,
     Signal::SIGUSR1,
+    Signal::SIGUSR2,
 ];
 
 /// Signals received by the master and not yet taken, counted per signal number.
@@ -215,7 +218,7 @@ fn reset_signals_in_worker() -> io::Result<()> {
     for signal in MASTER_SIGNALS {
         set_disposition(signal, SigHandler::SigDfl, SaFlags::empty())?;
     }
-    for signal in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGTTIN, Signal::SIGTTOU] {
+    for signal in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGUSR2] {
         set_disposition(signal, SigHandler::SigIgn, SaFlags::empty())?;
     }
     Ok(())
@@ -287,6 +290,106 @@ pub(crate) fn restore_dispositions(saved: &[Disposition]) -> Vec<Signal> {
         }
     }
     restored
+}
+
+/// What a new master is started with: the program, its arguments (`argv[0]` first) and its
+/// environment, without `LISTEN_PID` (the child adds its own pid).
+pub(crate) struct Exec {
+    pub(crate) program: CString,
+    pub(crate) args: Vec<CString>,
+    pub(crate) env: Vec<CString>,
+}
+
+/// Fork a child that runs `exec.program` with the descriptors `pass` at 3, 4, ... (inherited
+/// across exec, every other descriptor of the process being close-on-exec) and `LISTEN_PID`
+/// set to its own pid, as systemd passes sockets. The child gets the master's signals (and
+/// SIGPIPE) at their default disposition and the caller's signal mask; unlike a worker, it is
+/// not told when the master dies. Returns the child's pid; if exec fails, the child says why
+/// on standard error and exits with 127.
+pub(crate) fn fork_exec(exec: &Exec, pass: &[BorrowedFd<'_>]) -> io::Result<i32> {
+    let start = LISTEN_FDS_START + i32::try_from(pass.len()).unwrap_or(i32::MAX - LISTEN_FDS_START);
+    let mut mask = SigSet::empty();
+    signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut mask))?;
+    // SAFETY: by the crate's contract the master has no other thread, so the child is a
+    // consistent copy (no lock held elsewhere; allocating is safe). The child only rearranges
+    // its descriptors and signals and replaces itself with `execve`, or leaves with `_exit`
+    // without running any of the master's code or destructors.
+    let forked = unsafe { nix::unistd::fork() };
+    if let Ok(ForkResult::Child) = forked {
+        let error = exec_in_child(exec, pass, start, &mask);
+        eprintln!("cannot start {:?}: {error}", exec.program);
+        // SAFETY: _exit ends this forked child at once, without running the master's atexit
+        // handlers or destructors; it has no other precondition.
+        unsafe { libc::_exit(127) };
+    }
+    let restored = set_signal_mask(&mask);
+    let ForkResult::Parent { child } = forked? else {
+        unreachable!("the child branch exits above");
+    };
+    restored?;
+    Ok(child.as_raw())
+}
+
+/// The child's side of [`fork_exec`]; returns only if something failed.
+fn exec_in_child(exec: &Exec, pass: &[BorrowedFd<'_>], start: RawFd, mask: &SigSet) -> io::Error {
+    let attempt = || -> io::Result<()> {
+        WAKE_FD.store(-1, Ordering::Relaxed);
+        for signal in MASTER_SIGNALS.into_iter().chain([Signal::SIGPIPE]) {
+            set_disposition(signal, SigHandler::SigDfl, SaFlags::empty())?;
+        }
+        // Copies above the target range first, so that no target overwrites a source.
+        let mut high = Vec::with_capacity(pass.len());
+        for fd in pass {
+            high.push(fcntl(*fd, FcntlArg::F_DUPFD_CLOEXEC(start))?);
+        }
+        for (target, fd) in (LISTEN_FDS_START..).zip(&high) {
+            // SAFETY: dup2 only makes `target` a copy of an open descriptor; whatever `target`
+            // was in this child (which is about to exec) is closed by it. The new descriptor
+            // is not close-on-exec: it is handed to the new program.
+            if unsafe { libc::dup2(*fd, target) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let mut env = exec.env.clone();
+        env.push(CString::new(format!("LISTEN_PID={}", std::process::id())).map_err(io::Error::other)?);
+        set_signal_mask(mask)?;
+        let program: &CStr = &exec.program;
+        match nix::unistd::execve(program, &exec.args, &env) {
+            Ok(never) => match never {},
+            Err(e) => Err(e.into()),
+        }
+    };
+    match attempt() {
+        Ok(()) => io::Error::other("execve returned"),
+        Err(e) => e,
+    }
+}
+
+/// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
+pub(crate) const LISTEN_FDS_START: RawFd = 3;
+
+/// Take over the writing end of a pipe inherited across exec (`fd`): the new master's line to
+/// the master that started it.
+pub(crate) fn inherited_pipe(fd: RawFd) -> io::Result<OwnedFd> {
+    let invalid =
+        |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("inherited fd {fd}: {what}"));
+    if fd < 0 {
+        return Err(invalid("not a descriptor"));
+    }
+    // SAFETY: F_GETFD reads descriptor flags and touches no memory; it fails with EBADF if `fd`
+    // is not open, which is what this checks before taking ownership.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(invalid("not an open file descriptor"));
+    }
+    // SAFETY: the fd is open and was passed to this process to own; the caller removed the
+    // variable naming it from the environment, so it is taken only once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    fcntl(owned.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    let stat = nix::sys::stat::fstat(&owned)?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return Err(invalid("not a pipe"));
+    }
+    Ok(owned)
 }
 
 /// Set the signal mask of the calling thread.

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use slog::{info, Logger};
 
@@ -384,7 +384,7 @@ pub(crate) enum Mode {
     /// A forked worker: TERM = graceful, QUIT = fast, USR1 = reopen logs.
     Worker,
     /// The only process (`run_single`): also INT = graceful, a second TERM or INT = fast, and
-    /// HUP is logged and ignored (no master to reload).
+    /// HUP and USR2 are logged and ignored (no master to reload or upgrade).
     Single,
 }
 
@@ -399,7 +399,7 @@ impl StopWatcher {
     pub(crate) fn install(mode: Mode) -> io::Result<StopWatcher> {
         let signals = match mode {
             Mode::Worker => Signals::new([SIGTERM, SIGQUIT, SIGUSR1])?,
-            Mode::Single => Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGHUP])?,
+            Mode::Single => Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGHUP, SIGUSR2])?,
         };
         Ok(StopWatcher { signals, mode })
     }
@@ -415,9 +415,10 @@ impl StopWatcher {
                     SIGTERM | SIGINT => handle.request_stop(Stop::Graceful),
                     SIGQUIT => handle.request_stop(Stop::Fast),
                     SIGUSR1 => handle.reopen_logs(),
-                    SIGHUP => {
+                    SIGHUP | SIGUSR2 => {
                         if let Some(log) = &log {
-                            info!(log, "reload ignored"; "why" => "single-process mode has no master");
+                            let what = if signal == SIGHUP { "reload ignored" } else { "upgrade ignored" };
+                            info!(log, "{}", what; "why" => "single-process mode has no master");
                         }
                     }
                     _ => {}

@@ -51,7 +51,7 @@ fn main() {
         println!("cannot become a subreaper: {e}");
         std::process::exit(1);
     }
-    let scenarios: [(&str, Scenario); 7] = [
+    let scenarios: [(&str, Scenario); 8] = [
         ("lifecycle: fork, crash, reload, stop, systemd", lifecycle),
         ("workers leave when their master dies", master_death),
         ("boot failure stops the server", boot_failure),
@@ -59,6 +59,7 @@ fn main() {
         ("timeout, scaling and log reopening", timeout_scaling_and_logs),
         ("max requests replaces workers without failing a request", max_requests),
         ("single-process mode", single_process),
+        ("upgrade: a failed new master keeps the old one, a good one takes over", upgrade),
     ];
     let filter: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with('-')).collect();
     let mut failed = 0;
@@ -450,6 +451,24 @@ impl Master {
         Err(self.fail(format!("no {state} notification")))
     }
 
+    /// Like `expect_notified`, whether or not the master started has exited: for what a new
+    /// master (upgrade) says once the first one is gone.
+    fn expect_notified_by_any(&mut self, state: &str) -> Result<String, String> {
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        let _ = self.notify.set_read_timeout(Some(Duration::from_millis(200)));
+        while start.elapsed() < LIMIT {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.notified.push(message.clone());
+                if message.lines().any(|line| line == state) {
+                    return Ok(message);
+                }
+            }
+        }
+        Err(self.fail(format!("no {state} notification")))
+    }
+
     /// The systemd state words received so far, in order.
     fn states_notified(&self) -> Vec<String> {
         let words = ["READY=1", "RELOADING=1", "STOPPING=1"];
@@ -729,5 +748,85 @@ fn single_process() -> Result<(), String> {
     master.expect_notified("STOPPING=1")?;
     let status = master.wait_exit()?;
     ensure(status.code() == Some(0), || master.fail(format!("exit status {status}")))?;
+    master.ensure_no_process_left()
+}
+
+/// Wait for `pid`, a child of this process (an orphan it inherited as a subreaper), to exit.
+fn wait_child_exit(pid: u32) -> Result<nix::sys::wait::WaitStatus, String> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut status = None;
+    wait_for(&format!("process {pid} to exit"), LIMIT, || {
+        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            other => status = Some(other),
+        }
+        status.is_some()
+    })?;
+    status.expect("set when done").map_err(|e| format!("waiting for {pid}: {e}"))
+}
+
+fn upgrade() -> Result<(), String> {
+    let pidfile = std::env::temp_dir().join(format!("prefork-processes-upgrade-{}.pid", std::process::id()));
+    let aside = PathBuf::from(format!("{}.oldbin", pidfile.display()));
+    let settings = format!("workers=2\npidfile={}\n", pidfile.display());
+    let mut master = Master::start(&settings, Launch::Bind)?;
+    master.expect_notified("READY=1")?;
+    let old = master.workers();
+    let names = |pid: u32| fs::read_to_string(&pidfile).is_ok_and(|text| text.trim() == pid.to_string());
+
+    // A new master whose workers cannot boot: the old master serves on and keeps the pidfile.
+    master.set_settings(&format!("{settings}boot=fail\n"))?;
+    master.signal(Signal::SIGUSR2)?;
+    master.expect_notified("RELOADING=1")?;
+    let failed = master.expect_notified("READY=1")?;
+    ensure(failed.contains("upgrade failed"), || master.fail(format!("status after the upgrade: {failed}")))?;
+    ensure(names(master.pid()) && !aside.exists(), || {
+        master.fail("the pidfile does not name the old master")
+    })?;
+    ensure(master.workers() == old, || master.fail(format!("workers {:?}, were {old:?}", master.workers())))?;
+    for _ in 0..10 {
+        let (pid, _) = master.ask().map_err(|e| master.fail(e))?;
+        ensure(old.contains(&pid), || master.fail(format!("answer from {pid}")))?;
+    }
+    let states = master.states_notified();
+    ensure(states == ["READY=1", "RELOADING=1", "READY=1"], || {
+        master.fail(format!("the failed new master spoke to systemd: {states:?}"))
+    })?;
+
+    // A new master that boots takes over: systemd hears its pid, the old master leaves.
+    master.set_settings(&settings)?;
+    master.signal(Signal::SIGUSR2)?;
+    master.expect_notified("RELOADING=1")?;
+    let ready = master.expect_notified("READY=1")?;
+    let new: u32 = (ready.lines().find_map(|line| line.strip_prefix("MAINPID=")))
+        .and_then(|pid| pid.parse().ok())
+        .ok_or_else(|| master.fail(format!("READY=1 without MAINPID: {ready}")))?;
+    ensure(new != master.pid(), || master.fail("MAINPID still names the old master"))?;
+    let status = master.wait_exit()?;
+    ensure(status.code() == Some(0), || master.fail(format!("old master's exit status {status}")))?;
+    // The old master waited for its workers: none is left anywhere.
+    let alive = |pid: &u32| {
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    ensure(!old.iter().any(alive), || master.fail(format!("old workers left: {old:?}")))?;
+    wait_for("the pidfile to name the new master", LIMIT, || names(new) && !aside.exists())
+        .map_err(|e| master.fail(e))?;
+    let serving = children(new);
+    ensure(serving.len() == 2, || master.fail(format!("new master's workers {serving:?}")))?;
+    for _ in 0..10 {
+        let (pid, generation) = master.ask().map_err(|e| master.fail(e))?;
+        ensure(serving.contains(&pid) && generation == 0, || master.fail(format!("answer from {pid}")))?;
+    }
+
+    // The new master (this process's child now: the old one was its parent) stops as usual.
+    kill(Pid::from_raw(new as i32), Signal::SIGTERM).map_err(|e| e.to_string())?;
+    master.expect_notified_by_any("STOPPING=1")?;
+    let status = wait_child_exit(new).map_err(|e| master.fail(e))?;
+    ensure(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)), || {
+        master.fail(format!("new master ended with {status:?}"))
+    })?;
+    ensure(!pidfile.exists(), || master.fail("pidfile left behind"))?;
     master.ensure_no_process_left()
 }

@@ -273,6 +273,8 @@ fn http_settings(s: &Settings) -> HttpSettings {
         max_body: s.server.max_body,
         keepalive: Duration::from_secs(s.server.keepalive),
         request_timeout: Duration::from_secs(s.server.request_timeout),
+        linger_time: Duration::from_secs(s.server.linger_time),
+        linger_bytes: s.server.linger_bytes,
         cors_origins: s.http.cors_origins.clone(),
         threads: s.server.threads,
         access_log: s.log.access_log || s.log.access_log_file.is_some(),

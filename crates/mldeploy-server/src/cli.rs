@@ -53,6 +53,12 @@ const FLAGS: &[Flag] = &[
     flag("max_requests", "N", "Replace a worker after this many requests; 0 = never [default: 0]"),
     flag("max_requests_jitter", "N", "Random extra requests per worker before it is replaced [default: 0]"),
     flag("max_body", "BYTES", "Largest request body (413 above) [default: 10485760]"),
+    flag(
+        "linger_time",
+        "SECS",
+        "After an early error answer (413, 408), read and drop what the client still sends this long [default: 30]",
+    ),
+    flag("linger_bytes", "BYTES", "The most bytes read and dropped that way before closing [default: 134217728]"),
     flag("backlog", "N", "Listen backlog [default: 2048]"),
     flag("pidfile", "FILE", "Write the master's PID here; removed at exit"),
     flag("user", "USER", "Switch to this user after binding"),

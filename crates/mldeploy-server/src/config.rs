@@ -94,6 +94,13 @@ pub struct ServerSettings {
     pub max_requests_jitter: u64,
     /// Largest request body in bytes (413 above).
     pub max_body: usize,
+    /// After an answer given before the request was read in full (413, 408, ...), seconds
+    /// during which what the client still sends is read and dropped before the connection
+    /// closes, so that a client that sends its whole body before it reads finds the answer
+    /// rather than a reset. 0: close at once.
+    pub linger_time: u64,
+    /// The most bytes read and dropped that way; a client still sending after them is cut off.
+    pub linger_bytes: usize,
     /// Listen backlog.
     pub backlog: i32,
     /// File to write the master's PID to; removed at exit.
@@ -209,6 +216,8 @@ impl Default for ServerSettings {
             max_requests: 0,
             max_requests_jitter: 0,
             max_body: 10 * 1024 * 1024,
+            linger_time: 30,
+            linger_bytes: 128 * 1024 * 1024,
             backlog: 2048,
             pidfile: None,
             user: None,
@@ -294,6 +303,8 @@ pub const KEYS: &[&str] = &[
     "max_requests",
     "max_requests_jitter",
     "max_body",
+    "linger_time",
+    "linger_bytes",
     "backlog",
     "pidfile",
     "user",
@@ -388,6 +399,8 @@ impl Settings {
             "max_requests" => s.max_requests = parse_num(key, value, "a whole number (0 = never)")?,
             "max_requests_jitter" => s.max_requests_jitter = parse_num(key, value, "a whole number")?,
             "max_body" => s.max_body = parse_num(key, value, "a size in bytes")?,
+            "linger_time" => s.linger_time = parse_num(key, value, "seconds (0 = close at once)")?,
+            "linger_bytes" => s.linger_bytes = parse_num(key, value, "a size in bytes (0 = close at once)")?,
             "backlog" => s.backlog = parse_num(key, value, "a whole number")?,
             "pidfile" => s.pidfile = Some(PathBuf::from(value)),
             "user" => s.user = Some(value.to_string()),

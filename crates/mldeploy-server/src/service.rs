@@ -24,6 +24,11 @@ pub struct HttpSettings {
     pub keepalive: Duration,
     /// A request's head and body must arrive within this (408 otherwise).
     pub request_timeout: Duration,
+    /// After an answer that leaves request bytes unread (413, 408, ...), what the client still
+    /// sends is read and dropped for at most this long before the connection closes...
+    pub linger_time: Duration,
+    /// ...and at most this many bytes.
+    pub linger_bytes: usize,
     /// Allowed CORS origins; `*` allows all.
     pub cors_origins: Vec<String>,
     /// Serving threads (model calls at once).
@@ -42,6 +47,8 @@ impl Default for HttpSettings {
             max_body: 10 * 1024 * 1024,
             keepalive: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
+            linger_time: Duration::from_secs(30),
+            linger_bytes: 128 * 1024 * 1024,
             cors_origins: vec!["*".into()],
             threads: 1,
             access_log: false,

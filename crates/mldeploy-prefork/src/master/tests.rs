@@ -14,6 +14,12 @@ const SECOND: Duration = Duration::from_secs(1);
 enum Action {
     Spawn(i32),
     Kill(i32, Signal),
+    /// A new master started (upgrade), with the pidfile moved aside.
+    StartMaster(i32),
+    /// The pidfile was put back (the new master failed).
+    PidfileRestored,
+    /// This master told the one that started it that it serves.
+    ReportedReady,
 }
 
 #[derive(Default)]
@@ -29,6 +35,8 @@ struct FakeState {
     notified: Vec<String>,
     /// SIGKILL does not end the process at once (uninterruptible sleep).
     sigkill_lingers: bool,
+    /// Starting a new master fails (fork or exec).
+    new_master_fails_to_start: bool,
 }
 
 impl FakeState {
@@ -90,6 +98,27 @@ impl Os for FakeOs {
 
     fn random(&mut self) -> u64 {
         7
+    }
+
+    fn start_new_master(&mut self, _listeners: &[TcpListener]) -> io::Result<i32> {
+        let mut state = self.0.borrow_mut();
+        if state.new_master_fails_to_start {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such program"));
+        }
+        state.last_pid += 1;
+        let pid = 1000 + state.last_pid;
+        state.actions.push(Action::StartMaster(pid));
+        Ok(pid)
+    }
+
+    fn new_master_failed(&mut self) -> io::Result<()> {
+        self.0.borrow_mut().actions.push(Action::PidfileRestored);
+        Ok(())
+    }
+
+    fn report_ready(&mut self) -> io::Result<()> {
+        self.0.borrow_mut().actions.push(Action::ReportedReady);
+        Ok(())
     }
 }
 
@@ -719,5 +748,210 @@ fn workers_lingering_after_sigkill_do_not_make_the_loop_spin() {
     assert!(h.master.next_wakeup() > h.now(), "the loop sleeps while the killed worker lingers");
     h.exit(pid, Exit::Signal(Signal::SIGKILL as i32));
     h.tick();
+    assert_eq!(h.exited_with(), Some(exit_code::OK));
+}
+
+impl Harness {
+    /// The pid of the last new master started (upgrade).
+    fn new_master(&self) -> Option<i32> {
+        self.actions().into_iter().rev().find_map(|action| match action {
+            Action::StartMaster(pid) => Some(pid),
+            _ => None,
+        })
+    }
+
+    fn new_masters_started(&self) -> usize {
+        self.actions().iter().filter(|action| matches!(action, Action::StartMaster(_))).count()
+    }
+
+    fn pidfile_restored(&self) -> usize {
+        self.actions().iter().filter(|action| **action == Action::PidfileRestored).count()
+    }
+
+    /// The new master reports that it serves (through its pipe, as the real one does).
+    fn new_master_ready(&self) {
+        self.signal(MasterSignal::NewMasterReady);
+    }
+
+    fn upgrading(&self) -> Option<i32> {
+        match self.master.phase {
+            Phase::Upgrading { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn usr2_hands_over_to_the_new_master_once_it_serves() {
+    let mut h = Harness::running(config(2));
+    assert!(h.actions().contains(&Action::ReportedReady), "a master tells who started it that it serves");
+    let old = h.pids();
+    h.signal(MasterSignal::Upgrade);
+    h.tick();
+    let new_master = h.new_master().expect("a new master started");
+    assert_eq!(h.upgrading(), Some(new_master));
+    assert_eq!(h.states_notified(), ["READY=1", "RELOADING=1"]);
+    // Until it serves, the old generation does, and a crashed worker is still replaced.
+    h.exit(old[0], Exit::Signal(Signal::SIGKILL as i32));
+    h.tick();
+    let serving = h.pids();
+    assert_eq!(serving.len(), 2);
+    assert!(!serving.contains(&old[0]));
+    h.ready(serving[1]);
+    h.tick();
+    assert!(serving.iter().all(|&pid| h.signals_sent_to(pid).is_empty()));
+    h.new_master_ready();
+    h.tick();
+    for &pid in &serving {
+        assert_eq!(h.signals_sent_to(pid), [Signal::SIGTERM], "stopped gracefully");
+    }
+    let relayed = h.notified().last().cloned().unwrap_or_default();
+    assert!(relayed.contains(&format!("MAINPID={new_master}")), "{relayed}");
+    assert!(matches!(h.master.phase, Phase::HandedOver));
+    // On its way out: a TERM adds nothing, nothing is respawned, systemd hears nothing more.
+    h.signal(MasterSignal::Terminate);
+    h.tick();
+    h.exit(serving[0], Exit::Signal(Signal::SIGSEGV as i32));
+    h.exit(serving[1], Exit::Code(0));
+    h.tick_until("the master exits", |h| h.exited_with().is_some());
+    assert_eq!(h.exited_with(), Some(exit_code::OK));
+    assert_eq!(h.states_notified(), ["READY=1", "RELOADING=1", "READY=1"], "no STOPPING=1");
+    assert_eq!(h.spawned(), 3);
+    assert_eq!(h.pidfile_restored(), 0, "the pidfile stays with the new master");
+    assert_eq!(h.new_masters_started(), 1);
+}
+
+#[test]
+fn a_new_master_that_exits_hangs_or_cannot_start_leaves_the_old_one_serving() {
+    let mut h = Harness::running(config(2));
+    let old = h.pids();
+    let untouched = |h: &Harness| old.iter().all(|&pid| h.signals_sent_to(pid).is_empty());
+
+    // It exits before it is ready.
+    h.signal(MasterSignal::Upgrade);
+    h.tick();
+    let failed = h.new_master().expect("a new master");
+    h.exit(failed, Exit::Code(1));
+    h.tick();
+    assert!(matches!(h.master.phase, Phase::Running));
+    assert_eq!(h.pidfile_restored(), 1);
+    let last = h.notified().last().cloned().unwrap_or_default();
+    assert!(last.starts_with("READY=1") && last.contains("upgrade failed"), "{last}");
+    assert!(last.contains("exited with code 1"), "{last}");
+    // A late report from it changes nothing.
+    h.new_master_ready();
+    h.tick();
+    assert!(matches!(h.master.phase, Phase::Running));
+    assert!(untouched(&h));
+
+    // It never reports ready: killed at the deadline.
+    let started = h.now();
+    h.signal(MasterSignal::Upgrade);
+    h.tick();
+    let hung = h.new_master().expect("a second new master");
+    assert_ne!(hung, failed);
+    h.tick_until("the hung new master is killed", |h| {
+        for pid in h.pids() {
+            h.heartbeat(pid);
+        }
+        !h.signals_sent_to(hung).is_empty()
+    });
+    assert_eq!(h.signals_sent_to(hung), [Signal::SIGKILL]);
+    assert!(h.now() - started >= BOOT_TIMEOUT, "not before its workers could have booted");
+    assert!(matches!(h.master.phase, Phase::Running));
+    assert_eq!(h.pidfile_restored(), 2);
+    h.tick();
+    assert!(h.master.leaving.is_none(), "reaped");
+
+    // It cannot even be started.
+    h.os.0.borrow_mut().new_master_fails_to_start = true;
+    h.signal(MasterSignal::Upgrade);
+    h.tick();
+    assert!(matches!(h.master.phase, Phase::Running));
+    let last = h.notified().last().cloned().unwrap_or_default();
+    assert!(last.contains("cannot start the new master"), "{last}");
+    assert!(untouched(&h));
+    assert_eq!(h.pids(), old);
+}
+
+#[test]
+fn a_second_usr2_during_an_upgrade_is_ignored_and_hup_or_usr2_wait_for_each_other() {
+    let mut h = Harness::running(config(1));
+    h.signal(MasterSignal::Upgrade);
+    h.tick();
+    let new_master = h.new_master().expect("a new master");
+    h.signal(MasterSignal::Upgrade);
+    h.tick();
+    assert_eq!(h.new_masters_started(), 1);
+    assert_eq!(h.upgrading(), Some(new_master));
+    // A HUP waits for the upgrade; as it fails, the reload runs.
+    h.queue_config(Ok(config(1)));
+    h.signal(MasterSignal::Hangup);
+    h.tick();
+    assert!(h.pids_of_generation(1).is_empty(), "no reload while upgrading");
+    h.exit(new_master, Exit::Code(exit_code::BOOT_FAILURE));
+    h.tick();
+    h.tick();
+    let reloading = h.pids_of_generation(1);
+    assert_eq!(reloading.len(), 1, "the deferred reload started");
+    // A USR2 waits for the reload.
+    h.signal(MasterSignal::Upgrade);
+    h.tick();
+    assert_eq!(h.new_masters_started(), 1, "no upgrade while reloading");
+    h.ready(reloading[0]);
+    h.tick();
+    h.tick();
+    assert_eq!(h.new_masters_started(), 2, "the deferred upgrade started");
+    assert_eq!(
+        h.states_notified(),
+        ["READY=1", "RELOADING=1", "READY=1", "RELOADING=1", "READY=1", "RELOADING=1"]
+    );
+}
+
+#[test]
+fn term_during_an_upgrade_stops_the_new_master_too_and_waits_for_it() {
+    let mut h = Harness::running(config(2));
+    let old = h.pids();
+    h.signal(MasterSignal::Upgrade);
+    h.tick();
+    let new_master = h.new_master().expect("a new master");
+    h.signal(MasterSignal::Terminate);
+    h.tick();
+    assert_eq!(h.signals_sent_to(new_master), [Signal::SIGTERM]);
+    for &pid in &old {
+        assert_eq!(h.signals_sent_to(pid), [Signal::SIGTERM]);
+    }
+    assert_eq!(h.pidfile_restored(), 1);
+    assert_eq!(h.states_notified(), ["READY=1", "RELOADING=1", "STOPPING=1"]);
+    // QUIT makes it fast for the new master too.
+    h.signal(MasterSignal::Quit);
+    h.tick();
+    assert_eq!(h.signals_sent_to(new_master), [Signal::SIGTERM, Signal::SIGQUIT]);
+    for &pid in &old {
+        h.exit(pid, Exit::Code(0));
+    }
+    h.tick();
+    assert_eq!(h.exited_with(), None, "the new master is still stopping");
+    // Its report, if it comes now, hands nothing over.
+    h.new_master_ready();
+    h.tick();
+    assert!(matches!(h.master.phase, Phase::Stopping { .. }));
+    h.exit(new_master, Exit::Code(0));
+    h.tick();
+    assert_eq!(h.exited_with(), Some(exit_code::OK));
+
+    // A new master that does not stop is killed with what is left at the graceful timeout.
+    let graceful_timeout = 20 * SECOND;
+    let mut h = Harness::running(SupervisorConfig { graceful_timeout, ..config(1) });
+    h.signal(MasterSignal::Upgrade);
+    h.tick();
+    let new_master = h.new_master().expect("a new master");
+    let stop_at = h.now();
+    h.signal(MasterSignal::Terminate);
+    h.tick();
+    h.exit(h.pids()[0], Exit::Code(0));
+    h.tick_until("the master exits", |h| h.exited_with().is_some());
+    assert_eq!(h.signals_sent_to(new_master), [Signal::SIGTERM, Signal::SIGKILL]);
+    assert_eq!(h.now() - stop_at, graceful_timeout);
     assert_eq!(h.exited_with(), Some(exit_code::OK));
 }

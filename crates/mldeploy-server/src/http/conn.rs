@@ -24,10 +24,13 @@ use super::Server;
 
 /// Largest request line plus headers.
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
-/// After an answer that leaves request bytes unread, read and drop for this long...
-const LINGER_TIME: Duration = Duration::from_secs(2);
-/// ...or this many bytes, before closing (so the client reads our answer, not a reset).
-const LINGER_BYTES: usize = 16 * 1024 * 1024;
+/// How long the last answer of a closing connection may take to go out.
+const FLUSH_TIME: Duration = Duration::from_secs(2);
+/// While lingering, a client that sends nothing for this long is taken to be done sending
+/// (nginx's `lingering_timeout`): closing then leaves no unread byte, so no reset.
+const LINGER_QUIET: Duration = Duration::from_secs(5);
+/// The buffer lingering reads into.
+const LINGER_BUFFER: usize = 64 * 1024;
 
 /// Accept connections until the drain begins; then drop the listener at once.
 pub(crate) async fn accept_loop(server: Arc<Server>, listener: tokio::net::TcpListener) {
@@ -150,18 +153,18 @@ async fn run(server: Arc<Server>, stream: TcpStream, remote: SocketAddr) {
         End::Done => {
             let mut io = conn.into_parts().io.into_inner();
             if state.lingering() {
-                linger(&mut io).await;
+                linger(&server, &mut io, remote).await;
             } else {
-                let _ = tokio::time::timeout(LINGER_TIME, io.shutdown()).await;
+                let _ = tokio::time::timeout(FLUSH_TIME, io.shutdown()).await;
             }
         }
         End::SlowHead => {
             let mut io = conn.into_parts().io.into_inner();
             let id = server.new_request_id();
             let bytes = handler::raw_error(&server, 408, "request_timeout", TIMEOUT_MESSAGE, &id);
-            let _ = tokio::time::timeout(LINGER_TIME, io.write_all(&bytes)).await;
+            let _ = tokio::time::timeout(FLUSH_TIME, io.write_all(&bytes)).await;
             handler::log_raw(&server, remote, 408, bytes.len(), &id);
-            linger(&mut io).await;
+            linger(&server, &mut io, remote).await;
         }
     }
 }
@@ -201,23 +204,80 @@ fn phase_deadline(server: &Server, state: &ConnState) -> Option<(End, Instant)> 
     }
 }
 
-/// Send what is buffered, stop writing, and read (dropping it) what the client still sends,
-/// for a bounded time, so that closing does not reset a connection with our answer unread.
-async fn linger(io: &mut Tracked) {
-    let _ = tokio::time::timeout(LINGER_TIME, async {
-        if io.shutdown().await.is_err() {
-            return;
+/// Why a linger ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LingerEnd {
+    /// The client closed its side (or the socket failed): nothing is left unread.
+    Closed,
+    /// The client sent nothing for [`LINGER_QUIET`].
+    Quiet,
+    /// `linger_bytes` were read and dropped.
+    Bytes,
+    /// `linger_time` ran out.
+    Time,
+}
+
+impl LingerEnd {
+    fn as_str(self) -> &'static str {
+        match self {
+            LingerEnd::Closed => "closed",
+            LingerEnd::Quiet => "quiet",
+            LingerEnd::Bytes => "bytes",
+            LingerEnd::Time => "time",
         }
-        let mut buf = [0u8; 8192];
-        let mut total = 0;
-        while total < LINGER_BYTES {
-            match io.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
+    }
+}
+
+/// After an answer sent before the request was read in full: send what is buffered, stop
+/// writing, and read (dropping it) what the client still sends, until it closes or pauses,
+/// or up to `linger_bytes` and `linger_time`. A client that sends its whole body before it
+/// reads (Python's `http.client`) then finds our answer instead of a reset: closing a socket
+/// with unread bytes in it makes the kernel reset the connection, and the client's next write
+/// fails before it ever reads. Returns the bytes dropped.
+async fn linger(server: &Server, io: &mut Tracked, remote: SocketAddr) -> usize {
+    let settings = &server.ctx.settings;
+    let deadline = tokio::time::Instant::now() + settings.linger_time;
+    let (total, end) = drain_until(io, settings.linger_bytes, deadline, LINGER_QUIET).await;
+    debug!(server.ctx.log, "linger ended"; "remote" => %remote, "bytes" => total, "why" => end.as_str());
+    total
+}
+
+/// Shut down the writing side, then read and drop up to `max_bytes` until `deadline`, the
+/// client's end of the stream, or `quiet` without a byte.
+async fn drain_until<S>(
+    io: &mut S,
+    max_bytes: usize,
+    deadline: tokio::time::Instant,
+    quiet: Duration,
+) -> (usize, LingerEnd)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout_at(deadline, io.shutdown()).await {
+        Err(_) => return (0, LingerEnd::Time),
+        Ok(Err(_)) => return (0, LingerEnd::Closed),
+        Ok(Ok(())) => {}
+    }
+    let mut buf = vec![0u8; LINGER_BUFFER.min(max_bytes)];
+    let mut total = 0;
+    loop {
+        let room = max_bytes - total;
+        if room == 0 {
+            return (total, LingerEnd::Bytes);
         }
-    })
-    .await;
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return (total, LingerEnd::Time);
+        }
+        let until = (now + quiet).min(deadline);
+        let limit = room.min(buf.len());
+        match tokio::time::timeout_at(until, io.read(&mut buf[..limit])).await {
+            Err(_) if until == deadline => return (total, LingerEnd::Time),
+            Err(_) => return (total, LingerEnd::Quiet),
+            Ok(Ok(0)) | Ok(Err(_)) => return (total, LingerEnd::Closed),
+            Ok(Ok(n)) => total += n,
+        }
+    }
 }
 
 /// The connection's socket, watched: reads mark a head as started, and hyper's automatic
@@ -356,7 +416,59 @@ impl AsyncWrite for Tracked {
 
 #[cfg(test)]
 mod tests {
-    use super::automatic_answer;
+    use super::{automatic_answer, drain_until, LingerEnd};
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::time::Instant;
+
+    const LONG: Duration = Duration::from_secs(60);
+    const SHORT: Duration = Duration::from_millis(50);
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    }
+
+    #[test]
+    fn lingering_reads_until_the_client_closes() {
+        runtime().block_on(async {
+            let (mut server, mut client) = tokio::io::duplex(1024);
+            let sender = tokio::spawn(async move {
+                client.write_all(&[b'x'; 5000]).await.expect("write");
+            });
+            let drained = drain_until(&mut server, 1 << 20, Instant::now() + LONG, LONG).await;
+            assert_eq!(drained, (5000, LingerEnd::Closed));
+            sender.await.expect("sender");
+        });
+    }
+
+    #[test]
+    fn lingering_stops_at_the_byte_bound_exactly() {
+        runtime().block_on(async {
+            let (mut server, mut client) = tokio::io::duplex(64 * 1024);
+            let sender = tokio::spawn(async move {
+                // Never stops on its own: only the server's close ends it.
+                while client.write_all(&[b'x'; 10_000]).await.is_ok() {}
+            });
+            let drained = drain_until(&mut server, 1_000_003, Instant::now() + LONG, LONG).await;
+            assert_eq!(drained, (1_000_003, LingerEnd::Bytes));
+            drop(server);
+            sender.await.expect("sender");
+        });
+    }
+
+    #[test]
+    fn lingering_stops_when_the_client_pauses_or_the_time_runs_out() {
+        runtime().block_on(async {
+            let (mut server, mut client) = tokio::io::duplex(1024);
+            client.write_all(b"some bytes").await.expect("write");
+            let drained = drain_until(&mut server, 1 << 20, Instant::now() + LONG, SHORT).await;
+            assert_eq!(drained, (10, LingerEnd::Quiet));
+
+            let (mut server, _client) = tokio::io::duplex(1024);
+            let drained = drain_until(&mut server, 1 << 20, Instant::now() + SHORT, LONG).await;
+            assert_eq!(drained, (0, LingerEnd::Time));
+        });
+    }
 
     const AUTO_431: &[u8] =
         b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";

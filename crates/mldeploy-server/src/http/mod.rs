@@ -31,9 +31,13 @@
 //!   the body (no `100 Continue` is sent); a chunked body is counted while read -> 413 when it
 //!   passes the limit. Head and body must arrive within `request_timeout` of the first byte
 //!   of the request -> 408 otherwise (the model call itself is not timed here: that is the
-//!   master's `--timeout`). These answers close the connection, after reading
-//!   and dropping what the client still sends for a short while, so that it reads the answer
-//!   instead of a reset.
+//!   master's `--timeout`). These answers (and 404, 405 or 415 to a request whose body is
+//!   left unread) close the connection after a linger, as nginx's `lingering_close`: the
+//!   writing side is shut down and what the client still sends is read and dropped until it
+//!   closes, pauses for 5 s, or [`HttpSettings::linger_bytes`] or
+//!   [`HttpSettings::linger_time`] run out. A client that sends its whole body before it reads
+//!   (Python's `http.client`) then reads the answer: closing with unread bytes would reset the
+//!   connection and fail its next write.
 //! - JSON: serde_json's recursion limit (128) refuses deep nesting (400), numbers beyond
 //!   `f64` are refused by the parser (400).
 //!

@@ -530,7 +530,9 @@ fn model_failures_500_without_internals_and_the_worker_keeps_serving() {
 
 #[test]
 fn body_over_the_limit_413() {
-    let server = TestServer::start(true, HttpSettings { max_body: 1024, ..settings() });
+    // A short linger: the client below waits for the close without sending its body.
+    let linger_time = Duration::from_secs(1);
+    let server = TestServer::start(true, HttpSettings { max_body: 1024, linger_time, ..settings() });
     // Declared too large: answered before any body byte is sent.
     let mut c = server.client();
     c.send(b"POST /api/ml/predict HTTP/1.1\r\nhost: t\r\ncontent-length: 5000\r\n\r\n");
@@ -585,8 +587,8 @@ fn malformed_request_line_400_json() {
 
 #[test]
 fn slow_body_and_slow_head_408() {
-    let server =
-        TestServer::start(true, HttpSettings { request_timeout: Duration::from_millis(300), ..settings() });
+    let (request_timeout, linger_time) = (Duration::from_millis(300), Duration::from_secs(1));
+    let server = TestServer::start(true, HttpSettings { request_timeout, linger_time, ..settings() });
     let mut c = server.client();
     c.send(b"POST /api/ml/predict HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\n{\"");
     let r = c.read_response(false);
