@@ -70,8 +70,18 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
 }
 
 /// Wait until the master has exactly `n` live workers.
+/// Waits until `n` workers run and each has loaded its model and serves (its own "serving" line):
+/// a worker still inside `load()` is not yet one of them.
 fn wait_workers(server: &Server, n: usize) -> HashSet<i32> {
-    let ok = wait_until(Duration::from_secs(60), || server.worker_pids().len() == n);
+    let ok = wait_until(Duration::from_secs(60), || {
+        let pids = server.worker_pids();
+        let out = server.output();
+        pids.len() == n
+            && pids.iter().all(|pid| {
+                let process = format!("process: {pid}");
+                out.lines().any(|l| l.contains(" INFO serving, ") && l.ends_with(&process))
+            })
+    });
     assert!(ok, "expected {n} workers: {:?}\n{}", server.worker_pids(), server.output());
     server.worker_pids().into_iter().collect()
 }
@@ -482,7 +492,10 @@ fn the_environment_is_chosen_and_checked_and_blas_pools_are_sized() {
         .collect();
     let threads: HashSet<String> = together
         .into_iter()
-        .map(|t| t.join().unwrap().expect("answered")["target"]["thread"].as_str().unwrap_or("").to_string())
+        .map(|t| {
+            let answer = t.join().unwrap().unwrap_or_else(|e| panic!("{e}\n{}", server.output()));
+            answer["target"]["thread"].as_str().unwrap_or("").to_string()
+        })
         .collect();
     assert_eq!(threads.len(), 2, "two Python threads answered: {threads:?}\n{}", server.output());
 

@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,8 @@ pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     output: Arc<Mutex<String>>,
+    /// Output streams still open (the readers count down at end of file).
+    streams_open: Arc<AtomicUsize>,
     exited: Option<ExitStatus>,
 }
 
@@ -139,6 +142,7 @@ impl Server {
         cmd.process_group(0);
         let mut child = cmd.spawn().expect("start mldeploy");
         let output = Arc::new(Mutex::new(String::new()));
+        let streams_open = Arc::new(AtomicUsize::new(2));
         for stream in [
             child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
             child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
@@ -147,15 +151,17 @@ impl Server {
         .flatten()
         {
             let out = Arc::clone(&output);
+            let open = Arc::clone(&streams_open);
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     let mut o = out.lock().unwrap();
                     o.push_str(&line);
                     o.push('\n');
                 }
+                open.fetch_sub(1, Ordering::SeqCst);
             });
         }
-        Server { child, addr, output, exited: None }
+        Server { child, addr, output, streams_open, exited: None }
     }
 
     /// PID of the master.
@@ -187,6 +193,9 @@ impl Server {
         while Instant::now() < end {
             if let Ok(Some(status)) = self.child.try_wait() {
                 self.exited = Some(status);
+                // The readers may not have taken the last lines yet; they are done at end of
+                // file (bounded: a worker that outlives the master may hold the pipes).
+                wait_until(Duration::from_secs(5), || self.streams_open.load(Ordering::SeqCst) == 0);
                 return self.exited;
             }
             std::thread::sleep(Duration::from_millis(20));
