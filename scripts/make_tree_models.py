@@ -32,6 +32,7 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import export_sklearn  # noqa: E402
 import export_trees  # noqa: E402
+import make_tree_fixtures  # noqa: E402
 from make_tree_fixtures import f32_neighbours, splits_of  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -41,51 +42,15 @@ FLOAT32 = 1e-6  # XGBoost computes in float32
 
 
 def numeric_data(seed, task, n=600, d=8, nan=True):
-    """A frame of numbers (one coarse feature with ties, one of scale 1e-3), NaN in 10% cells."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d))
-    x[:, 1] = np.round(x[:, 1] * 3)
-    x[:, 2] = x[:, 2] * 1e-3
-    score = x[:, 0] + 0.5 * x[:, 1] - x[:, 3] * x[:, 4] + rng.normal(scale=0.3, size=n)
-    if task == "binary":
-        y = (score > 0).astype(int)
-    elif task == "multi":
-        y = np.digitize(score, [-0.7, 0.7])
-    else:
-        y = score * 10 + 3
-    if nan:
-        x[rng.random(size=x.shape) < 0.1] = np.nan
+    """The fixtures' numbers as a frame (one coarse feature with ties, one of scale 1e-3),
+    NaN in 10% of the cells when `nan`."""
+    x, y = make_tree_fixtures.numeric_data(seed, n=n, d=d, task=task, nan_frac=0.1 if nan else 0.0)
     return pd.DataFrame(x, columns=[f"x{i}" for i in range(d)]), y
 
 
-COLORS = ["red", "green", "blue", "black", "white", "pink", "grey"]
-TOWNS = [f"t{i}" for i in range(20)]
-
-
 def category_data(seed, task, n=800):
-    """A frame with two categorical columns (missing values included) and numbers with NaN."""
-    rng = np.random.default_rng(seed)
-    df = pd.DataFrame({
-        "x0": rng.normal(size=n),
-        "color": pd.Categorical(rng.choice(COLORS, size=n), categories=COLORS),
-        "x1": rng.normal(size=n),
-        "town": pd.Categorical(rng.choice(TOWNS, size=n), categories=TOWNS),
-        "x2": rng.integers(0, 5, size=n).astype(float),
-    })
-    effect_color = dict(zip(COLORS, [1.0, -1.0, 0.5, 0.0, 2.0, -2.0, 0.3]))
-    effect_town = {t: math.sin(i) for i, t in enumerate(TOWNS)}
-    score = (df.x0 + df.color.map(effect_color).astype(float) + df.town.map(effect_town).astype(float)
-             + 0.3 * df.x2 + rng.normal(scale=0.3, size=n))
-    df.loc[rng.random(n) < 0.08, "x0"] = np.nan
-    df.loc[rng.random(n) < 0.08, "color"] = None
-    df.loc[rng.random(n) < 0.05, "town"] = None
-    if task == "binary":
-        y = (score > 0.5).astype(int)
-    elif task == "multi":
-        y = np.digitize(score, [-0.5, 1.0])
-    else:
-        y = score.to_numpy() * 5
-    return df, np.asarray(y)
+    """The fixtures' frame with two categorical columns (missing values included) and numbers with NaN."""
+    return make_tree_fixtures.frame_data(seed, n=n, task=task)
 
 
 def boundary_rows(train, estimator, rng, limit=40):

@@ -304,9 +304,7 @@ impl Schema {
             _ => Some(self.features.len()),
         };
 
-        let mut columns: Vec<Column> = self.features.iter().map(|f| Column::for_feature(f, n_rows)).collect();
-        let mut source_rows = Vec::with_capacity(n_rows);
-        let mut bad_rows = 0;
+        let mut built = TableBuilder::new(&self.features, n_rows);
 
         for (i, row) in rows.rows.iter().enumerate() {
             let before = errors.total;
@@ -327,7 +325,7 @@ impl Schema {
                 for key in &row.extra {
                     errors.unexpected(Some(i), key);
                 }
-                for ((feature, column), at) in self.features.iter().zip(columns.iter_mut()).zip(&src) {
+                for ((feature, column), at) in self.features.iter().zip(built.columns.iter_mut()).zip(&src) {
                     let Some(value) = at.and_then(|j| row.values.get(j).copied().flatten()) else {
                         errors.push(
                             Some(i),
@@ -342,24 +340,9 @@ impl Schema {
                     }
                 }
             }
-            if errors.total > before {
-                bad_rows += 1;
-                let keep = source_rows.len();
-                for column in &mut columns {
-                    column.truncate(keep);
-                }
-            } else {
-                source_rows.push(i);
-            }
+            built.end_row(i, errors.total > before);
         }
-
-        if bad_rows > 0 && (on_error == OnError::Reject || source_rows.is_empty()) {
-            return Err(errors.into_invalid(bad_rows, n_rows));
-        }
-        Ok(Validated {
-            table: Table { n_rows: source_rows.len(), columns, source_rows },
-            rejected: errors.list,
-        })
+        built.finish(errors, on_error, n_rows)
     }
 
     /// Validate typed columns, one per feature in schema order, each `n_rows` long (a tensor
@@ -381,33 +364,17 @@ impl Schema {
             );
             return Err(errors.into_invalid(0, n_rows));
         }
-        let mut columns: Vec<Column> = self.features.iter().map(|f| Column::for_feature(f, n_rows)).collect();
-        let mut source_rows = Vec::with_capacity(n_rows);
-        let mut bad_rows = 0;
+        let mut built = TableBuilder::new(&self.features, n_rows);
         for row in 0..n_rows {
             let before = errors.total;
-            for ((feature, column), input) in self.features.iter().zip(columns.iter_mut()).zip(inputs) {
+            for ((feature, column), input) in self.features.iter().zip(built.columns.iter_mut()).zip(inputs) {
                 if let Err(fault) = column.push(feature, input.cell(row)) {
                     errors.push(Some(row), Some(&feature.name), fault.reason, fault.message);
                 }
             }
-            if errors.total > before {
-                bad_rows += 1;
-                let keep = source_rows.len();
-                for column in &mut columns {
-                    column.truncate(keep);
-                }
-            } else {
-                source_rows.push(row);
-            }
+            built.end_row(row, errors.total > before);
         }
-        if bad_rows > 0 && (on_error == OnError::Reject || source_rows.is_empty()) {
-            return Err(errors.into_invalid(bad_rows, n_rows));
-        }
-        Ok(Validated {
-            table: Table { n_rows: source_rows.len(), columns, source_rows },
-            rejected: errors.list,
-        })
+        built.finish(errors, on_error, n_rows)
     }
 
     /// Map each feature to its position in `names`; list the positions of unknown names.
@@ -700,6 +667,52 @@ fn show_list(list: &[Value]) -> String {
 struct Errors {
     list: Vec<RowError>,
     total: usize,
+}
+
+/// The table of validated rows as it is built, row by row: a row with an error leaves no cell.
+struct TableBuilder {
+    columns: Vec<Column>,
+    /// The input row of each kept row.
+    source_rows: Vec<usize>,
+    bad_rows: usize,
+}
+
+impl TableBuilder {
+    fn new(features: &[Feature], n_rows: usize) -> TableBuilder {
+        TableBuilder {
+            columns: features.iter().map(|f| Column::for_feature(f, n_rows)).collect(),
+            source_rows: Vec::with_capacity(n_rows),
+            bad_rows: 0,
+        }
+    }
+
+    /// Keep input row `row`, or drop the cells it pushed when it failed.
+    fn end_row(&mut self, row: usize, failed: bool) {
+        if failed {
+            self.bad_rows += 1;
+            let keep = self.source_rows.len();
+            for column in &mut self.columns {
+                column.truncate(keep);
+            }
+        } else {
+            self.source_rows.push(row);
+        }
+    }
+
+    /// The table, or the errors when `on_error` rejects the batch or no row is left.
+    fn finish(self, errors: Errors, on_error: OnError, n_rows: usize) -> Result<Validated, ModelError> {
+        if self.bad_rows > 0 && (on_error == OnError::Reject || self.source_rows.is_empty()) {
+            return Err(errors.into_invalid(self.bad_rows, n_rows));
+        }
+        Ok(Validated {
+            table: Table {
+                n_rows: self.source_rows.len(),
+                columns: self.columns,
+                source_rows: self.source_rows,
+            },
+            rejected: errors.list,
+        })
+    }
 }
 
 impl Errors {

@@ -112,6 +112,31 @@ pub(super) enum RawNode {
     Split { feature: usize, split: Split, default_left: bool, left: usize, right: usize },
 }
 
+impl RawNode {
+    /// A split whose children a file stores as signed indices (`children`, from the fields named
+    /// `fields` at node `i`); `part` names the tree's fields in the error of a negative one.
+    pub(super) fn split_of_file(
+        feature: usize,
+        split: Split,
+        default_left: bool,
+        children: (i64, i64),
+        fields: (&str, &str),
+        i: usize,
+        part: impl Fn(&str) -> String,
+    ) -> Result<RawNode, Error> {
+        let child = |v: i64, field: &str| {
+            usize::try_from(v).map_err(|_| Error::invalid(part(&format!("{field}[{i}]")), "bad child index"))
+        };
+        Ok(RawNode::Split {
+            feature,
+            split,
+            default_left,
+            left: child(children.0, fields.0)?,
+            right: child(children.1, fields.1)?,
+        })
+    }
+}
+
 /// One tree as a loader describes it. The root is node 0.
 #[derive(Debug, Clone)]
 pub(super) struct RawTree {

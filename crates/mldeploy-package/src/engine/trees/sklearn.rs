@@ -307,16 +307,7 @@ fn tree(
             let bound = if round_to_f32 { threshold::sklearn_f32(thr) } else { Some(thr) };
             Split::Numeric { bound, zero_is_missing: false }
         };
-        let child = |v: i64, name: &str| {
-            usize::try_from(v).map_err(|_| Error::invalid(p(&format!("{name}[{i}]")), "bad child index"))
-        };
-        nodes.push(RawNode::Split {
-            feature,
-            split,
-            default_left,
-            left: child(l, "left")?,
-            right: child(r, "right")?,
-        });
+        nodes.push(RawNode::split_of_file(feature, split, default_left, (l, r), ("left", "right"), i, p)?);
     }
     if leaf_at != spec.leaf_value.len() {
         return Err(Error::invalid(

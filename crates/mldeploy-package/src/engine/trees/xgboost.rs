@@ -335,16 +335,15 @@ fn convert_tree(tree: &Tree, t: usize, group: usize) -> Result<RawTree, Error> {
             }
             Split::Numeric { bound: threshold::xgboost_lt(cond[i]), zero_is_missing: false }
         };
-        let child = |v: i64, name: &str| {
-            usize::try_from(v).map_err(|_| Error::invalid(p(&format!("{name}[{i}]")), "bad child index"))
-        };
-        nodes.push(RawNode::Split {
+        nodes.push(RawNode::split_of_file(
             feature,
             split,
             default_left,
-            left: child(l, "left_children")?,
-            right: child(r, "right_children")?,
-        });
+            (l, r),
+            ("left_children", "right_children"),
+            i,
+            p,
+        )?);
     }
     Ok(RawTree { output: group, nodes, values })
 }
