@@ -480,24 +480,35 @@ fn the_environment_is_chosen_and_checked_and_blas_pools_are_sized() {
     let pools = report["pools"].as_array().expect("threadpoolctl's pools");
     assert!(!pools.is_empty() && pools.iter().all(|p| p[1] == 1), "{report}");
 
-    // Two calls run at once on the worker's two Python threads (the class waits for both).
+    // Two calls run at once on the worker's two Python threads (the class waits for both), and
+    // neither waits behind the other's serving thread: a serving thread that blocks in a call
+    // must not hold the connections or the I/O polling of the worker's other thread. Repeated,
+    // since which thread takes which connection varies from pair to pair.
     let addr = server.addr;
-    let together: Vec<_> = (0..2)
-        .map(|_| {
-            std::thread::spawn(move || {
-                http::post_json(addr, "/api/ml/predict", r#"{"data": [[1]], "names": ["together"]}"#)
-                    .map(|r| r.json())
+    for pair in 0..20 {
+        let together: Vec<_> = (0..2)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    http::post_json(addr, "/api/ml/predict", r#"{"data": [[1]], "names": ["together"]}"#)
+                        .map(|r| r.json())
+                })
             })
-        })
-        .collect();
-    let threads: HashSet<String> = together
-        .into_iter()
-        .map(|t| {
-            let answer = t.join().unwrap().unwrap_or_else(|e| panic!("{e}\n{}", server.output()));
-            answer["target"]["thread"].as_str().unwrap_or("").to_string()
-        })
-        .collect();
-    assert_eq!(threads.len(), 2, "two Python threads answered: {threads:?}\n{}", server.output());
+            .collect();
+        let threads: HashSet<String> = together
+            .into_iter()
+            .map(|t| {
+                let answer =
+                    t.join().unwrap().unwrap_or_else(|e| panic!("pair {pair}: {e}\n{}", server.output()));
+                answer["target"]["thread"].as_str().unwrap_or("").to_string()
+            })
+            .collect();
+        assert_eq!(
+            threads.len(),
+            2,
+            "pair {pair}: two Python threads answered: {threads:?}\n{}",
+            server.output()
+        );
+    }
 
     // load() took SIGTERM; the worker put its own handler back, so TERM still stops gracefully.
     assert!(server.output().contains("the model changed a signal's handler"), "{}", server.output());

@@ -336,6 +336,14 @@ pub trait Model: Send + Sync + 'static {
         Err(ModelError::NotSupported("this model takes no feedback".into()))
     }
 
+    /// Whether a call may hold its thread for long (milliseconds and more: an interpreter, a
+    /// call that waits on something). The server then hands the connections of the calling
+    /// thread to another one for the call's length, so that the worker's other threads keep
+    /// serving; quick models do not pay for that hand-over.
+    fn calls_may_block(&self) -> bool {
+        false
+    }
+
     /// Custom routes, as ml-deploy's `endpoints(app)`.
     fn routes(&self) -> Vec<CustomRoute> {
         Vec::new()

@@ -293,6 +293,11 @@ impl Model for PythonModel {
         response_of(result, "predict")
     }
 
+    fn calls_may_block(&self) -> bool {
+        // Every call waits for a Python thread, the GIL and the user's code.
+        true
+    }
+
     fn supports_feedback(&self) -> bool {
         self.calls.objects.feedback.is_some()
     }

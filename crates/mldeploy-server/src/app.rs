@@ -215,7 +215,7 @@ fn run_check<L: ModelLoader>(loader: &L, settings: &Settings) -> Result<u8, Stri
     let slots = ModelSlots::private(specs.len().max(1));
     let registry =
         load_models(loader, &specs, &slots, &metrics, settings, &log).map_err(|e| e.to_string())?;
-    let calls = Calls { metrics: &metrics, worker: None, log: &log };
+    let calls = Calls { metrics: &metrics, worker: None, log: &log, may_block: false };
     for entry in registry.iter() {
         let info = entry.info();
         let sample = info.sample.clone();

@@ -13,6 +13,7 @@ use mldeploy_model::{FeedbackInput, ModelError, PredictInput, Response, RowError
 use mldeploy_prefork::WorkerHandle;
 use serde_json::Value;
 use slog::{error, Logger};
+use tokio::task::block_in_place;
 
 use crate::metrics::Metrics;
 use crate::registry::ModelEntry;
@@ -24,6 +25,8 @@ pub(crate) struct Calls<'a> {
     /// The busy mark's owner; `None` outside a supervised worker.
     pub worker: Option<&'a WorkerHandle>,
     pub log: &'a Logger,
+    /// Model calls may hold their thread for long: run them with [`block_in_place`].
+    pub may_block: bool,
 }
 
 /// Why a call did not answer.
@@ -64,7 +67,18 @@ impl Calls<'_> {
     ) -> Result<T, Failure> {
         let outcome = {
             let _busy = self.worker.map(WorkerHandle::busy);
-            catch_unwind(AssertUnwindSafe(f))
+            let call = || catch_unwind(AssertUnwindSafe(f));
+            // A thread that blocks in a call keeps the tasks queued on it, and may be the one
+            // that polls for I/O: then the worker's other threads wait with it (a call waiting
+            // on another request would never end). Handing this thread's work to another
+            // thread for the call avoids that; it costs microseconds, so only for slow models.
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if self.may_block && multi_thread {
+                block_in_place(call)
+            } else {
+                call()
+            }
         };
         match outcome {
             Ok(Ok(value)) => Ok(value),

@@ -76,6 +76,8 @@ pub struct ServeContext {
     pub access_log: slog::Logger,
     /// HTTP settings.
     pub settings: HttpSettings,
+    /// Some model's calls may hold their thread for long ([`mldeploy_model::Model::calls_may_block`]).
+    calls_may_block: bool,
     draining: AtomicBool,
 }
 
@@ -92,7 +94,9 @@ impl ServeContext {
         access_log: slog::Logger,
         settings: HttpSettings,
     ) -> ServeContext {
+        let calls_may_block = models.iter().any(|entry| entry.model.calls_may_block());
         ServeContext {
+            calls_may_block,
             models,
             events,
             metrics,
@@ -107,7 +111,12 @@ impl ServeContext {
 
     /// What the pipeline's steps need.
     pub(crate) fn calls(&self) -> Calls<'_> {
-        Calls { metrics: &self.metrics, worker: self.worker.as_ref(), log: &self.log }
+        Calls {
+            metrics: &self.metrics,
+            worker: self.worker.as_ref(),
+            log: &self.log,
+            may_block: self.calls_may_block,
+        }
     }
 
     /// Whether the worker is stopping (it answers what is in flight, `/ready` says 503).
