@@ -130,6 +130,14 @@ pub(crate) struct Feed {
     pub columns: Vec<usize>,
 }
 
+impl Feed {
+    /// The feed of a graph input of `shape` (name, elem, matrix, batch, width) from `columns`.
+    fn of(shape: (&str, Elem, bool, Option<usize>, Option<usize>), columns: Vec<usize>) -> Feed {
+        let (name, elem, matrix, batch, _) = shape;
+        Feed { name: name.to_string(), elem, matrix, batch, columns }
+    }
+}
+
 /// The request schema of a graph and how it feeds the graph.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Inputs {
@@ -195,7 +203,8 @@ pub(crate) fn derive_inputs(graph: &[Io], declared: &[Feature]) -> Result<Inputs
     let mut feeds = Vec::with_capacity(shapes.len());
     let features: Vec<Feature> = if declared.is_empty() {
         let mut features = Vec::new();
-        for &(name, elem, matrix, batch, width) in &shapes {
+        for &shape in &shapes {
+            let (name, elem, _, _, width) = shape;
             let width = width.unwrap_or(1);
             let start = features.len();
             if width == 1 {
@@ -203,24 +212,19 @@ pub(crate) fn derive_inputs(graph: &[Io], declared: &[Feature]) -> Result<Inputs
             } else {
                 features.extend((0..width).map(|j| feature(format!("{name}_{j}"), elem.dtype())));
             }
-            feeds.push(Feed {
-                name: name.to_string(),
-                elem,
-                matrix,
-                batch,
-                columns: (start..start + width).collect(),
-            });
+            feeds.push(Feed::of(shape, (start..start + width).collect()));
         }
         features
     } else if one_column_each && shapes.len() > 1 {
-        for &(name, elem, matrix, batch, _) in &shapes {
+        for &shape in &shapes {
+            let name = shape.0;
             let Some(at) = declared.iter().position(|f| f.name == name) else {
                 return Err(format!(
                     "graph input {name:?} has no feature of that name in the manifest (one feature per \
                      one-column input, named as the input)"
                 ));
             };
-            feeds.push(Feed { name: name.to_string(), elem, matrix, batch, columns: vec![at] });
+            feeds.push(Feed::of(shape, vec![at]));
         }
         if let Some(extra) = declared.iter().find(|f| !shapes.iter().any(|s| s.0 == f.name)) {
             let names: Vec<&str> = shapes.iter().map(|s| s.0).collect();
@@ -243,15 +247,9 @@ pub(crate) fn derive_inputs(graph: &[Io], declared: &[Feature]) -> Result<Inputs
             ));
         }
         let mut start = 0;
-        for &(name, elem, matrix, batch, width) in &shapes {
-            let width = width.unwrap_or(declared.len());
-            feeds.push(Feed {
-                name: name.to_string(),
-                elem,
-                matrix,
-                batch,
-                columns: (start..start + width).collect(),
-            });
+        for &shape in &shapes {
+            let width = shape.4.unwrap_or(declared.len());
+            feeds.push(Feed::of(shape, (start..start + width).collect()));
             start += width;
         }
         declared.to_vec()
