@@ -19,7 +19,7 @@
 # exclusively (flock), the build holds it shared.
 # Output in BENCH_OUT (default .bench-out): tree-models/ (the models), trees/samples.tsv (every
 # timing), trees/criterion/ (criterion's data, per round), trees/results.md (the report).
-# Takes about 2 minutes per round.
+# Takes about 5 minutes per round (loading the forests' joblib files is part of it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${BENCH_OUT:-.bench-out}"

@@ -1,5 +1,6 @@
 //! The tree engine alone, one thread, on the models scripts/bench/tree_models.py writes
-//! (30 features; 300 trees or rounds): one row and 1,000 rows, labels and probabilities.
+//! (30 features; 300 trees or rounds): 1, 32 and 1,000 rows, labels and
+//! probabilities (32 rows: the engine's share of a 32-row request in scripts/bench/trees_http.sh).
 //!
 //!     python3 scripts/bench/tree_models.py .bench-out/tree-models
 //!     MLDEPLOY_TREE_MODELS=.bench-out/tree-models cargo bench -j2 -p mldeploy-package --bench trees
@@ -59,7 +60,7 @@ fn bench(c: &mut Criterion) {
             .measurement_time(Duration::from_secs(3))
             .sample_size(20)
             .sampling_mode(SamplingMode::Flat);
-        for rows in [1usize, 1000] {
+        for rows in [1usize, 32, 1000] {
             let input = &x[..rows * n_features];
             let mut labels = vec![0usize; rows];
             let mut values = vec![0.0; rows * width];
