@@ -26,7 +26,10 @@ def main():
     header, lines = [], []
     with open(sys.argv[1]) as f:
         for line in f:
-            (header if line.startswith("#") else lines).append(line[1:].strip() if line.startswith("#") else line)
+            if line.startswith("#"):
+                header.append(line[1:].strip())
+            else:
+                lines.append(line)
     runs = {}
     for row in csv.DictReader(lines, delimiter="\t"):
         runs.setdefault((row["model"], int(row["rows"])), {}).setdefault(row["side"], {})[int(row["round"])] = row

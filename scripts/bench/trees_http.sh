@@ -40,7 +40,7 @@
 # WARMUP_S (3); MLDEPLOY_TOOLS_DIR, where scripts/bench/mlserver.sh installs MLServer;
 # BENCH_LOCK, a lock file shared with other benchmark runs on the machine: each model's servers
 # and runs hold it exclusively (flock), the build and the training shared.
-# Takes about 4 minutes per model plus the first-time setup (MLServer's virtualenv: about 80 s).
+# Takes about 5 minutes per model plus the first-time setup (MLServer's virtualenv: about 80 s).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -54,7 +54,7 @@ for arg in "$@"; do
     case $arg in
         --quick) QUICK=1 ;;
         rf300 | xgb300 | lgb300) MODELS="$MODELS $arg" ;;
-        -h | --help) sed -n '2,44p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,43p' "$0"; exit 0 ;;
         *) die "unknown argument: $arg" ;;
     esac
 done
