@@ -3,11 +3,16 @@
 
     OMP_NUM_THREADS=1 python3 scripts/bench/tree_library.py MODELS_DIR [NAME ...]
 
-Prints, per model, the shortest time of one call (over repeats) at 1 row and at 1,000 rows and
-the rows per second: on a shared machine other load only ever adds time.
+Measured as criterion measures the engine in crates/mldeploy-package/benches/trees.rs (flat
+sampling, 20 samples over 3 s after a warm-up): per model and batch (1 row, 1,000 rows), 20
+repeats of a loop of calls, each loop lasting about 0.15 s. Prints one line per model and batch,
+tab-separated: NAME ROWS CALLS_PER_REPEAT MIN_S MEDIAN_S (seconds per call over the repeats).
+On a shared machine other load only ever adds time, so the minimum is the steadiest figure; the
+median is printed beside it.
 """
 
 import os
+import statistics
 import sys
 import time
 
@@ -17,40 +22,41 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 NAMES = ["rf300", "et300", "gb300", "hgb300", "xgb300", "lgb300"]
+MEASUREMENT_S = 3.0  # criterion's measurement_time in benches/trees.rs
+SAMPLES = 20  # its sample_size
+WARM_UP_S = 0.5  # its warm_up_time
 
 
-def shortest(fn, min_time=2.0, repeat=15):
-    fn()
-    n = 1
-    while True:
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        if time.perf_counter() - t > min_time / repeat:
-            break
-        n *= 2
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        times.append((time.perf_counter() - t) / n)
-    return min(times)
+def per_call(fn, n):
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n
+
+
+def samples(fn):
+    """Per-call times of SAMPLES loops of the same number of calls, as criterion's flat mode."""
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < WARM_UP_S:
+        fn()
+        calls += 1
+    estimate = (time.perf_counter() - start) / calls
+    n = max(1, round(MEASUREMENT_S / SAMPLES / estimate))
+    return n, [per_call(fn, n) for _ in range(SAMPLES)]
 
 
 def main():
     models = sys.argv[1]
-    print(f"{'model':8} {'1 row':>12} {'rows/s':>10} {'1000 rows':>12} {'rows/s':>10}")
     with threadpool_limits(1):
         for name in sys.argv[2:] or NAMES:
             est, rows = joblib.load(os.path.join(models, name, "model.joblib"))
             if hasattr(est, "n_jobs"):
                 est.set_params(n_jobs=1)
             kwargs = {"num_threads": 1} if type(est).__module__.startswith("lightgbm") else {}
-            one, many = np.ascontiguousarray(rows[:1]), np.ascontiguousarray(rows[:1000])
-            t1 = shortest(lambda: est.predict_proba(one, **kwargs))
-            tn = shortest(lambda: est.predict_proba(many, **kwargs))
-            print(f"{name:8} {t1 * 1e6:10.1f}us {1 / t1:10.0f} {tn * 1e3:10.2f}ms {1000 / tn:10.0f}", flush=True)
+            for count in (1, 1000):
+                batch = np.ascontiguousarray(rows[:count])
+                n, times = samples(lambda: est.predict_proba(batch, **kwargs))
+                print(f"{name}\t{count}\t{n}\t{min(times):.9f}\t{statistics.median(times):.9f}", flush=True)
 
 
 if __name__ == "__main__":

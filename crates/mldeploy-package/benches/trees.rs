@@ -1,17 +1,24 @@
 //! The tree engine alone, one thread, on the models scripts/bench/tree_models.py writes
-//! (30 features; 300 trees or rounds): one row and 1,000 rows, labels and probabilities.
+//! (30 features; 300 trees or rounds): 1, 32 and 1,000 rows, labels and
+//! probabilities (32 rows: the engine's share of a 32-row request in scripts/bench/trees_http.sh).
 //!
 //!     python3 scripts/bench/tree_models.py .bench-out/tree-models
 //!     MLDEPLOY_TREE_MODELS=.bench-out/tree-models cargo bench -j2 -p mldeploy-package --bench trees
 //!
-//! scripts/bench/trees.sh runs both and the libraries' own timing in one go.
+//! scripts/bench/trees.sh runs both and the libraries' own timing in one go, and compares the
+//! two from criterion's raw samples (`new/sample.json` under the criterion directory): each
+//! benchmark takes 20 samples of about 0.15 s each, the same number and length of repeats
+//! scripts/bench/tree_library.py times the libraries with, so that both sides yield the same
+//! statistics (the shortest and the median time per call over 20 repeats). Flat sampling keeps
+//! the 1,000-row runs of the slower models within the 3 s; criterion's default of 100 linearly
+//! growing samples would need minutes for them.
 
 use std::fs;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use criterion::{criterion_group, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
 use mldeploy_package::trees::TreeEnsemble;
 use serde_json::Value;
 
@@ -48,8 +55,12 @@ fn bench(c: &mut Criterion) {
         let n_features = model.n_features();
         let width = model.output_width();
         let mut group = c.benchmark_group(name);
-        group.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-        for rows in [1usize, 1000] {
+        group
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(3))
+            .sample_size(20)
+            .sampling_mode(SamplingMode::Flat);
+        for rows in [1usize, 32, 1000] {
             let input = &x[..rows * n_features];
             let mut labels = vec![0usize; rows];
             let mut values = vec![0.0; rows * width];
