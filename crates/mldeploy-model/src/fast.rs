@@ -295,11 +295,16 @@ impl<'a> Parser<'a> {
             b'{' => true,
             _ => return None,
         };
+        let mut first = true;
         loop {
+            let row_start = self.i;
             if records {
                 self.record()?;
             } else {
                 self.array_row()?;
+            }
+            if std::mem::take(&mut first) {
+                self.reserve_like(self.i - row_start);
             }
             match self.next()? {
                 b',' => {}
@@ -308,6 +313,18 @@ impl<'a> Parser<'a> {
             }
         }
         Some(())
+    }
+
+    /// Room for the rows the rest of the body holds if they are as long as the first
+    /// (`row_len` bytes): growing 30 columns one push at a time cost about a sixth of a
+    /// 32-row request's instructions. At most the body's length in rows, so a short first
+    /// row cannot ask for more than the body could fill.
+    fn reserve_like(&mut self, row_len: usize) {
+        let rest = (self.s.len() - self.i) / (row_len + 1).max(2);
+        for column in &mut self.columns {
+            column.reserve(rest);
+        }
+        self.starts.reserve(rest * self.columns.len());
     }
 
     /// One array row: every feature's number, in schema order.
