@@ -168,6 +168,10 @@ pub(crate) struct Layer {
 /// arithmetic, which at this bound is still a few tens of microseconds.
 const SMALL_BATCH_MACS: usize = 64 * 1024;
 
+/// Larger batches go through candle in blocks of rows of about this many multiply-adds,
+/// which bounds the size of the intermediate tensors (see [`Network::forward`]).
+const BLOCK_MACS: usize = 1 << 20;
+
 /// What a forward pass gives.
 #[derive(Debug, Clone)]
 pub(crate) struct Forward {
@@ -267,10 +271,28 @@ impl Network {
 
     /// Run the rows of `inputs` (row-major `[n_rows, n_inputs]`) through every layer.
     pub(crate) fn forward(&self, inputs: Vec<f64>, n_rows: usize) -> Result<Forward, Error> {
-        if n_rows.saturating_mul(self.macs_per_row()) <= SMALL_BATCH_MACS {
+        let macs = self.macs_per_row().max(1);
+        if n_rows.saturating_mul(macs) <= SMALL_BATCH_MACS {
             return Ok(self.forward_small(&inputs, n_rows));
         }
-        self.forward_candle(inputs, n_rows)
+        let block = (BLOCK_MACS / macs).max(1);
+        if n_rows <= block {
+            return self.forward_candle(inputs, n_rows);
+        }
+        // Large batches in blocks of rows: each candle operation allocates a tensor of the whole
+        // batch, and a softmax alone keeps several alive at once.
+        let n_out = self.layers.last().map_or(0, |l| l.b.len());
+        let mut scores = Vec::with_capacity(n_rows * n_out);
+        let mut activated =
+            (self.output != OutputActivation::Identity).then(|| Vec::with_capacity(n_rows * n_out));
+        for chunk in inputs[..n_rows * self.n_inputs].chunks(block * self.n_inputs) {
+            let part = self.forward_candle(chunk.to_vec(), chunk.len() / self.n_inputs)?;
+            scores.extend_from_slice(&part.scores);
+            if let (Some(all), Some(part)) = (&mut activated, &part.activated) {
+                all.extend_from_slice(part);
+            }
+        }
+        Ok(Forward { scores, activated })
     }
 
     /// The forward pass on candle: one matrix product per layer for the whole batch.
@@ -515,11 +537,21 @@ mod tests {
         ];
         for (widths, hidden, output) in cases {
             let net = network(&widths, hidden, output);
-            for n_rows in [1, 2, 7, 40] {
+            for n_rows in [1, 2, 7, 40, 1000] {
                 let inputs: Vec<f64> =
                     (0..n_rows * widths[0]).map(|i| (i as f64 * 0.37).sin() * 3.0).collect();
                 let small = net.forward_small(&inputs, n_rows);
+                let blocks = net.forward(inputs.clone(), n_rows).unwrap();
                 let big = net.forward_candle(inputs, n_rows).unwrap();
+                // forward: plain loops, one candle call, or candle in blocks of rows.
+                assert_eq!(blocks.scores.len(), big.scores.len());
+                for (a, b) in blocks.scores.iter().zip(&big.scores) {
+                    assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{widths:?} {n_rows}: {a} vs {b}");
+                }
+                assert_eq!(blocks.activated.as_ref().map(Vec::len), big.activated.as_ref().map(Vec::len));
+                for (a, b) in blocks.activated.iter().flatten().zip(big.activated.iter().flatten()) {
+                    assert!((a - b).abs() <= 1e-12, "{widths:?} {n_rows}: {a} vs {b}");
+                }
                 assert_eq!(small.scores.len(), big.scores.len());
                 for (a, b) in small.scores.iter().zip(&big.scores) {
                     assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{widths:?} {n_rows}: {a} vs {b}");
