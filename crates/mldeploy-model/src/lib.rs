@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod decode;
+pub mod fast;
 pub mod outputs;
 pub mod schema;
 mod shared;
@@ -131,7 +132,8 @@ pub struct Form {
 /// The input of a prediction.
 #[derive(Debug, Clone, Default)]
 pub struct PredictInput {
-    /// The request body as JSON (`Null` for a form request).
+    /// The request body as JSON (`Null` for a form request, and for a model that does not read
+    /// it: see [`Model::reads_body`]).
     pub body: Value,
     /// The validated rows, in schema order, when the model declares features.
     pub table: Option<Table>,
@@ -363,6 +365,13 @@ pub trait Model: Send + Sync + 'static {
     /// last call has been answered and before the process exits (flush, run exit handlers). The
     /// master's `graceful_timeout` bounds it.
     fn shutdown(&self) {}
+
+    /// Whether [`Model::predict`] reads [`PredictInput::body`]. A model that declares features
+    /// and answers from the validated table alone says `false`: the server may then decode
+    /// common request shapes straight into the table and hand it a `Null` body.
+    fn reads_body(&self) -> bool {
+        true
+    }
 }
 
 /// What a loader is handed in the worker, after the fork.

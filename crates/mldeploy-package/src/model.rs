@@ -240,6 +240,10 @@ impl Model for PackageModel {
         Ok(Response { target: Target::outputs(self.outputs(prediction)), ..Response::default() })
     }
 
+    fn reads_body(&self) -> bool {
+        false
+    }
+
     fn supports_feedback(&self) -> bool {
         true
     }

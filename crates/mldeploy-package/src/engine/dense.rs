@@ -155,7 +155,22 @@ pub(crate) struct Layer {
     pub weight: Tensor,
     /// `[n_out]`.
     pub bias: Tensor,
+    /// The same weights, row-major `[n_in, n_out]`, for the plain loops of small batches.
+    w: Vec<f64>,
+    /// The same bias.
+    b: Vec<f64>,
 }
+
+/// Batches up to this many multiply-adds (rows x the sum over layers of inputs x outputs) are
+/// computed in plain `f64` loops; larger ones by candle's matrix product. Below it, candle's
+/// fixed cost per call (a tensor allocated per operation, the thread-count lookup of every
+/// product, about 15,000 instructions for a one-row logistic regression) outweighs the
+/// arithmetic, which at this bound is still a few tens of microseconds.
+const SMALL_BATCH_MACS: usize = 64 * 1024;
+
+/// Larger batches go through candle in blocks of rows of about this many multiply-adds,
+/// which bounds the size of the intermediate tensors (see [`Network::forward`]).
+const BLOCK_MACS: usize = 1 << 20;
 
 /// What a forward pass gives.
 #[derive(Debug, Clone)]
@@ -190,9 +205,98 @@ fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
     e.broadcast_div(&sum)
 }
 
+fn logistic_f64(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
 impl Network {
+    /// Multiply-adds of one row through every layer.
+    fn macs_per_row(&self) -> usize {
+        self.layers.iter().map(|l| l.w.len()).sum()
+    }
+
+    /// The forward pass in plain loops, row by row: the same operations as [`Network::forward`]
+    /// (the product, then the bias; the row maximum subtracted before the softmax's `exp`).
+    fn forward_small(&self, inputs: &[f64], n_rows: usize) -> Forward {
+        let n_out = self.layers.last().map_or(0, |l| l.b.len());
+        let mut scores = Vec::with_capacity(n_rows * n_out);
+        let widest = self.layers.iter().map(|l| l.b.len()).max().unwrap_or(0);
+        let mut x: Vec<f64> = Vec::with_capacity(self.n_inputs.max(widest));
+        let mut y: Vec<f64> = Vec::with_capacity(widest);
+        let last = self.layers.len() - 1;
+        for row in inputs.chunks_exact(self.n_inputs).take(n_rows) {
+            x.clear();
+            x.extend_from_slice(row);
+            for (i, layer) in self.layers.iter().enumerate() {
+                let width = layer.b.len();
+                y.clear();
+                y.resize(width, 0.0);
+                for (xi, w_row) in x.iter().zip(layer.w.chunks_exact(width)) {
+                    for (acc, w) in y.iter_mut().zip(w_row) {
+                        *acc += xi * w;
+                    }
+                }
+                for (acc, b) in y.iter_mut().zip(&layer.b) {
+                    *acc += b;
+                }
+                if i != last {
+                    match self.hidden {
+                        Activation::Identity => {}
+                        Activation::Logistic => y.iter_mut().for_each(|v| *v = logistic_f64(*v)),
+                        Activation::Tanh => y.iter_mut().for_each(|v| *v = v.tanh()),
+                        Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+                    }
+                }
+                std::mem::swap(&mut x, &mut y);
+            }
+            scores.extend_from_slice(&x);
+        }
+        let activated = match self.output {
+            OutputActivation::Identity => None,
+            OutputActivation::Logistic => Some(scores.iter().map(|&s| logistic_f64(s)).collect()),
+            OutputActivation::Softmax => {
+                let mut out = Vec::with_capacity(scores.len());
+                for row in scores.chunks_exact(n_out.max(1)) {
+                    let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let start = out.len();
+                    out.extend(row.iter().map(|s| (s - max).exp()));
+                    let sum: f64 = out[start..].iter().sum();
+                    out[start..].iter_mut().for_each(|e| *e /= sum);
+                }
+                Some(out)
+            }
+        };
+        Forward { scores, activated }
+    }
+
     /// Run the rows of `inputs` (row-major `[n_rows, n_inputs]`) through every layer.
     pub(crate) fn forward(&self, inputs: Vec<f64>, n_rows: usize) -> Result<Forward, Error> {
+        let macs = self.macs_per_row().max(1);
+        if n_rows.saturating_mul(macs) <= SMALL_BATCH_MACS {
+            return Ok(self.forward_small(&inputs, n_rows));
+        }
+        let block = (BLOCK_MACS / macs).max(1);
+        if n_rows <= block {
+            return self.forward_candle(inputs, n_rows);
+        }
+        // Large batches in blocks of rows: each candle operation allocates a tensor of the whole
+        // batch, and a softmax alone keeps several alive at once.
+        let n_out = self.layers.last().map_or(0, |l| l.b.len());
+        let mut scores = Vec::with_capacity(n_rows * n_out);
+        let mut activated =
+            (self.output != OutputActivation::Identity).then(|| Vec::with_capacity(n_rows * n_out));
+        for chunk in inputs[..n_rows * self.n_inputs].chunks(block * self.n_inputs) {
+            let part = self.forward_candle(chunk.to_vec(), chunk.len() / self.n_inputs)?;
+            scores.extend_from_slice(&part.scores);
+            if let (Some(all), Some(part)) = (&mut activated, &part.activated) {
+                all.extend_from_slice(part);
+            }
+        }
+        Ok(Forward { scores, activated })
+    }
+
+    /// The forward pass on candle: one matrix product per layer for the whole batch.
+    fn forward_candle(&self, inputs: Vec<f64>, n_rows: usize) -> Result<Forward, Error> {
         if n_rows == 0 {
             let activated = (self.output != OutputActivation::Identity).then(Vec::new);
             return Ok(Forward { scores: Vec::new(), activated });
@@ -361,8 +465,10 @@ fn build_network(manifest: &Manifest, checked: &Checked, weights: &[u8]) -> Resu
             )));
         }
         layers.push(Layer {
-            weight: Tensor::from_vec(w, (w_shape[0], w_shape[1]), &Device::Cpu)?,
-            bias: Tensor::from_vec(b, b_shape[0], &Device::Cpu)?,
+            weight: Tensor::from_vec(w.clone(), (w_shape[0], w_shape[1]), &Device::Cpu)?,
+            bias: Tensor::from_vec(b.clone(), b_shape[0], &Device::Cpu)?,
+            w,
+            b,
         });
         n_in = w_shape[1];
     }
@@ -388,4 +494,79 @@ fn build_network(manifest: &Manifest, checked: &Checked, weights: &[u8]) -> Resu
         rule: label_rule(&manifest.kind, checked),
         n_classes: checked.classes.as_ref().map_or(0, Vec::len),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A network of the given layer widths with weights from a fixed pseudo-random sequence.
+    fn network(widths: &[usize], hidden: Activation, output: OutputActivation) -> Network {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0
+        };
+        let layers = widths
+            .windows(2)
+            .map(|io| {
+                let w: Vec<f64> = (0..io[0] * io[1]).map(|_| next()).collect();
+                let b: Vec<f64> = (0..io[1]).map(|_| next()).collect();
+                Layer {
+                    weight: Tensor::from_vec(w.clone(), (io[0], io[1]), &Device::Cpu).unwrap(),
+                    bias: Tensor::from_vec(b.clone(), io[1], &Device::Cpu).unwrap(),
+                    w,
+                    b,
+                }
+            })
+            .collect();
+        Network { layers, hidden, output, n_inputs: widths[0], rule: LabelRule::None, n_classes: 0 }
+    }
+
+    #[test]
+    fn plain_loops_match_candle() {
+        let cases = [
+            (vec![4, 3], Activation::Identity, OutputActivation::Softmax),
+            (vec![30, 1], Activation::Identity, OutputActivation::Logistic),
+            (vec![5, 1], Activation::Identity, OutputActivation::Identity),
+            (vec![30, 100, 2], Activation::Relu, OutputActivation::Softmax),
+            (vec![6, 7, 5, 1], Activation::Tanh, OutputActivation::Logistic),
+            (vec![6, 8, 3], Activation::Logistic, OutputActivation::Softmax),
+        ];
+        for (widths, hidden, output) in cases {
+            let net = network(&widths, hidden, output);
+            for n_rows in [1, 2, 7, 40, 1000] {
+                let inputs: Vec<f64> =
+                    (0..n_rows * widths[0]).map(|i| (i as f64 * 0.37).sin() * 3.0).collect();
+                let small = net.forward_small(&inputs, n_rows);
+                let blocks = net.forward(inputs.clone(), n_rows).unwrap();
+                let big = net.forward_candle(inputs, n_rows).unwrap();
+                // forward: plain loops, one candle call, or candle in blocks of rows.
+                assert_eq!(blocks.scores.len(), big.scores.len());
+                for (a, b) in blocks.scores.iter().zip(&big.scores) {
+                    assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{widths:?} {n_rows}: {a} vs {b}");
+                }
+                assert_eq!(blocks.activated.as_ref().map(Vec::len), big.activated.as_ref().map(Vec::len));
+                for (a, b) in blocks.activated.iter().flatten().zip(big.activated.iter().flatten()) {
+                    assert!((a - b).abs() <= 1e-12, "{widths:?} {n_rows}: {a} vs {b}");
+                }
+                assert_eq!(small.scores.len(), big.scores.len());
+                for (a, b) in small.scores.iter().zip(&big.scores) {
+                    assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{widths:?} {n_rows}: {a} vs {b}");
+                }
+                match (&small.activated, &big.activated) {
+                    (Some(a), Some(b)) => {
+                        assert_eq!(a.len(), b.len());
+                        for (a, b) in a.iter().zip(b) {
+                            assert!((a - b).abs() <= 1e-12, "{widths:?} {n_rows}: {a} vs {b}");
+                        }
+                    }
+                    (None, None) => {}
+                    _ => panic!("activations differ in presence"),
+                }
+            }
+        }
+    }
 }

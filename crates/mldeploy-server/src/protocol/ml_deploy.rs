@@ -12,11 +12,16 @@
 use bytes::Bytes;
 use hyper::http::request::Parts;
 use hyper::{header, StatusCode};
+use std::sync::Arc;
+
+use mldeploy_model::fast::{self, EchoText};
 use mldeploy_model::{
     Column, Dtype, Form, MetricValue, ModelError, Output, PredictInput, Role, RowError, Table, Target,
+    Tensor, Values,
 };
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
+use serde_json::ser::{CompactFormatter, Formatter};
 use serde_json::Value;
 use slog::error;
 
@@ -24,7 +29,7 @@ use super::server::API_VERSION;
 use super::{error_json, internal_error, Methods, Protocol, Reply, Request, Route};
 use crate::events::{EventKind, JsonEvent};
 use crate::http::multipart;
-use crate::pipeline::{Failure, Predicted};
+use crate::pipeline::{Checked, Failure, Predicted};
 use crate::registry::{ModelEntry, Registry};
 use crate::service::{HttpSettings, ServeContext};
 
@@ -40,12 +45,14 @@ impl Protocol for MlDeploy {
         let mut routes = Vec::new();
         for (index, entry) in models.iter().enumerate() {
             let prefix = &entry.prefix;
+            let parts = Arc::new(Fragments::new(entry));
+            let predict_parts = parts.clone();
             routes.push(Route::new(format!("{prefix}/predict"), Methods::Post, move |cx, req| {
-                predict(cx, index, &req).unwrap_or_else(|e| e).for_model(index).into()
+                predict(cx, index, &predict_parts, &req).unwrap_or_else(|e| e).for_model(index).into()
             }));
             if entry.model.supports_feedback() {
                 routes.push(Route::new(format!("{prefix}/feedback"), Methods::Post, move |cx, req| {
-                    feedback(cx, index, &req).unwrap_or_else(|e| e).for_model(index).into()
+                    feedback(cx, index, &parts, &req).unwrap_or_else(|e| e).for_model(index).into()
                 }));
             }
             let metadata = Bytes::from(metadata_json(entry).to_string());
@@ -105,7 +112,31 @@ fn unsupported(message: &str, id: &str) -> Reply {
     Reply::error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message, id)
 }
 
-fn predict(cx: &ServeContext, index: usize, req: &Request<'_>) -> Result<Reply, Reply> {
+/// What every answer of one model holds, serialised once when the routes are made.
+pub(crate) struct Fragments {
+    /// `"model":"NAME","version":"VERSION"`.
+    tail: Vec<u8>,
+    /// The JSON of the model's `classes`, when it lists them.
+    classes: Option<Vec<u8>>,
+    /// Whether requests may be decoded straight into the table ([`fast::decode`]): the model
+    /// has an all-numeric schema and does not read the JSON body itself.
+    fast: bool,
+}
+
+impl Fragments {
+    fn new(entry: &ModelEntry) -> Fragments {
+        let info = entry.info();
+        let mut tail = b"\"model\":".to_vec();
+        write_str(&mut tail, &info.name);
+        tail.extend_from_slice(b",\"version\":");
+        write_str(&mut tail, &info.version);
+        let classes = info.outputs.get("classes").map(|c| serde_json::to_vec(c).unwrap_or_default());
+        let fast = entry.schema.as_ref().is_some_and(fast::eligible) && !entry.model.reads_body();
+        Fragments { tail, classes, fast }
+    }
+}
+
+fn predict(cx: &ServeContext, index: usize, parts: &Fragments, req: &Request<'_>) -> Result<Reply, Reply> {
     let entry = cx.models.get(index);
     let calls = cx.calls();
     let id = req.id;
@@ -117,21 +148,36 @@ fn predict(cx: &ServeContext, index: usize, req: &Request<'_>) -> Result<Reply, 
     } else {
         None
     };
-    let body = if form.is_some() { Value::Null } else { parse_json(&req.body, id)? };
-    let checked = calls.check_body(entry, &body).map_err(|e| failure(cx, Failure::Model(e), id))?;
+    // The common shapes, every row valid: straight from the bytes into the table. Anything
+    // else (other shapes, any invalid row) takes the general path, which names the problems.
+    let decoded = match (&entry.schema, &form) {
+        (Some(schema), None) if parts.fast => fast::decode(schema, &req.body),
+        _ => None,
+    };
+    let (body, checked, echo) = match decoded {
+        Some(rows) => {
+            (Value::Null, Checked { table: Some(rows.table), rejected: Vec::new() }, Some(rows.echo))
+        }
+        None => {
+            let body = if form.is_some() { Value::Null } else { parse_json(&req.body, id)? };
+            let checked = calls.check_body(entry, &body).map_err(|e| failure(cx, Failure::Model(e), id))?;
+            (body, checked, None)
+        }
+    };
     let input = PredictInput { body, table: checked.table, form };
     let predicted = calls.predict(entry, input, id).map_err(|e| failure(cx, e, id))?;
-    Ok(answer(cx, entry, predicted, EventKind::Predict, &checked.rejected, id))
+    let echo = echo.as_ref().map(|e| (&req.body[..], e));
+    Ok(answer(cx, entry, parts, predicted, EventKind::Predict, &checked.rejected, echo, id))
 }
 
-fn feedback(cx: &ServeContext, index: usize, req: &Request<'_>) -> Result<Reply, Reply> {
+fn feedback(cx: &ServeContext, index: usize, parts: &Fragments, req: &Request<'_>) -> Result<Reply, Reply> {
     let entry = cx.models.get(index);
     if is_multipart(req.parts) {
         return Err(unsupported("feedback takes a JSON body", req.id));
     }
     let body = parse_json(&req.body, req.id)?;
     let predicted = cx.calls().feedback(entry, body, req.id).map_err(|e| failure(cx, e, req.id))?;
-    Ok(answer(cx, entry, predicted, EventKind::Feedback, &[], req.id))
+    Ok(answer(cx, entry, parts, predicted, EventKind::Feedback, &[], None, req.id))
 }
 
 /// The answer to a failed call.
@@ -156,20 +202,25 @@ pub(crate) fn failure(cx: &ServeContext, failure: Failure, id: &str) -> Reply {
 }
 
 /// Serialize the answer once; then, with events on, hand the same bytes to the event.
+#[allow(clippy::too_many_arguments)]
 fn answer(
     cx: &ServeContext,
     entry: &ModelEntry,
+    parts: &Fragments,
     predicted: Predicted,
     kind: EventKind,
     rejected: &[RowError],
+    echo: Option<(&[u8], &EchoText)>,
     id: &str,
 ) -> Reply {
     let Predicted { mut response, table } = predicted;
     // With events on, the response lists the route's topic (ml-deploy's `predict`/`feedback`,
     // as configured), as ml-deploy did.
     let route_topic = cx.events.topic(kind);
-    let body = Body::new(entry, &response, table.as_ref(), route_topic, rejected);
-    let bytes = match serde_json::to_vec(&body) {
+    let written = write_body(entry, parts, &response, table.as_ref(), route_topic, rejected, echo);
+    // The table and the model's outputs are done with before the bytes go out.
+    drop(table);
+    let bytes = match written {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => {
             error!(cx.log, "response not serializable"; "request_id" => id, "error" => %e);
@@ -372,5 +423,401 @@ impl Serialize for TopicList<'_> {
             seq.serialize_element(route)?;
         }
         seq.end()
+    }
+}
+
+/// ml-deploy's answer written straight into bytes, the same bytes `serde_json::to_vec(&Body)`
+/// writes (a test checks): the model's name, version and classes come pre-serialised,
+/// numbers are formatted once, and the echo copies each cell's request text when it is what
+/// the formatting would give (`echo`: the request body and where its cells are).
+fn write_body(
+    entry: &ModelEntry,
+    parts: &Fragments,
+    response: &mldeploy_model::Response,
+    table: Option<&Table>,
+    route_topic: Option<&str>,
+    rejected: &[RowError],
+    echo: Option<(&[u8], &EchoText)>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    // An upper guess: growing a large answer by doubling copies it while both copies are
+    // alive (an 8.9 MB prediction's 30 MB answer outgrew a tighter guess by 4%). Capacity
+    // never written is never touched, so an overestimate costs address space, not memory.
+    let echo_guess = table.map_or(0, |t| t.n_rows * (t.columns.len() * 24 + 4));
+    let output_values = match &response.target {
+        Target::Outputs { outputs, .. } => outputs.iter().map(|o| o.tensor.values.len()).sum(),
+        Target::Json(_) => 0,
+    };
+    let mut out = Vec::with_capacity(256 + echo_guess + output_values * 26);
+    out.extend_from_slice(b"{\"target\":");
+    match &response.target {
+        Target::Json(value) => serde_json::to_writer(&mut out, value)?,
+        Target::Outputs { outputs, by_name } => {
+            write_outputs(&mut out, outputs, *by_name, parts.classes.as_deref())?
+        }
+    }
+    out.extend_from_slice(b",\"input\":");
+    match (&response.input, table) {
+        (Some(value), _) => serde_json::to_writer(&mut out, value)?,
+        (None, Some(table)) => write_rows(&mut out, table, &entry.info().features, echo)?,
+        (None, None) => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"list_metrics\":");
+    if response.list_metrics.is_empty() {
+        out.extend_from_slice(b"[]");
+    } else {
+        serde_json::to_writer(&mut out, &response.list_metrics)?;
+    }
+    out.extend_from_slice(b",\"topics\":[");
+    let route = route_topic.filter(|route| !response.topics.iter().any(|t| t == route));
+    for (i, topic) in response.topics.iter().map(String::as_str).chain(route).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(&mut out, topic);
+    }
+    out.extend_from_slice(b"],");
+    out.extend_from_slice(&parts.tail);
+    if !rejected.is_empty() {
+        out.extend_from_slice(b",\"rejected\":");
+        serde_json::to_writer(&mut out, rejected)?;
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+/// `target` of typed outputs, as [`TargetJson`] serialises it.
+fn write_outputs(
+    out: &mut Vec<u8>,
+    outputs: &[Output],
+    by_name: bool,
+    classes: Option<&[u8]>,
+) -> Result<(), serde_json::Error> {
+    let alias = |o: &Output| match o.role {
+        Role::Labels | Role::Values => Some("y_predicted"),
+        Role::Probabilities => Some("probabilities"),
+        Role::Other => None,
+    };
+    out.push(b'{');
+    let mut first = true;
+    let mut key = |out: &mut Vec<u8>, name: &str| {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        write_str(out, name);
+        out.push(b':');
+    };
+    let mut has_probabilities = false;
+    let mut written: [Option<&str>; 2] = [None; 2];
+    for (slot, name) in ["y_predicted", "probabilities"].into_iter().enumerate() {
+        if let Some(o) = outputs.iter().find(|o| alias(o) == Some(name)) {
+            written[slot] = Some(name);
+            key(out, name);
+            if name == "y_predicted" && matches!(o.tensor.shape.as_slice(), [_, 1]) {
+                write_flat(out, &o.tensor.values)?;
+            } else {
+                write_nested(out, &o.tensor, 0, 0)?;
+            }
+            has_probabilities |= name == "probabilities";
+        }
+    }
+    if has_probabilities {
+        if let Some(classes) = classes {
+            key(out, "classes");
+            out.extend_from_slice(classes);
+        }
+    }
+    for o in outputs.iter().filter(|o| by_name || alias(o).is_none()) {
+        let listed = written.contains(&Some(o.name.as_str())) || has_probabilities && o.name == "classes";
+        if !listed {
+            key(out, &o.name);
+            write_nested(out, &o.tensor, 0, 0)?;
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// A tensor as nested lists (a scalar for shape `[]`), as [`Tensor::nested`] serialises it.
+fn write_nested(
+    out: &mut Vec<u8>,
+    tensor: &Tensor,
+    dim: usize,
+    start: usize,
+) -> Result<(), serde_json::Error> {
+    let shape = &tensor.shape;
+    if shape.is_empty() {
+        return write_value(out, &tensor.values, 0);
+    }
+    let len = shape[dim];
+    out.push(b'[');
+    if dim + 1 == shape.len() {
+        for i in start..start + len {
+            if i > start {
+                out.push(b',');
+            }
+            write_value(out, &tensor.values, i)?;
+        }
+    } else {
+        let stride: usize = shape[dim + 1..].iter().product();
+        for i in 0..len {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_nested(out, tensor, dim + 1, start + i * stride)?;
+        }
+    }
+    out.push(b']');
+    Ok(())
+}
+
+fn write_flat(out: &mut Vec<u8>, values: &Values) -> Result<(), serde_json::Error> {
+    out.push(b'[');
+    for i in 0..values.len() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_value(out, values, i)?;
+    }
+    out.push(b']');
+    Ok(())
+}
+
+/// One element, as serde_json writes it (non-finite floats as `null`).
+fn write_value(out: &mut Vec<u8>, values: &Values, i: usize) -> Result<(), serde_json::Error> {
+    match values {
+        Values::Bool(v) => out.extend_from_slice(if v[i] { b"true" } else { b"false" }),
+        Values::Int(v) => out.extend_from_slice(itoa::Buffer::new().format(v[i]).as_bytes()),
+        Values::Uint(v) => out.extend_from_slice(itoa::Buffer::new().format(v[i]).as_bytes()),
+        Values::Float(v) => write_f64(out, v[i]),
+        Values::Text(v) => write_str(out, &v[i]),
+        Values::Json(v) => serde_json::to_writer(&mut *out, &v[i])?,
+    }
+    Ok(())
+}
+
+/// A float as serde_json writes it: the shortest text that reads back the same; `null` when
+/// not finite.
+fn write_f64(out: &mut Vec<u8>, x: f64) {
+    if x.is_finite() {
+        // Writing into a Vec cannot fail.
+        let _ = CompactFormatter.write_f64(out, x);
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// A JSON string: copied between quotes when nothing in it needs escaping (serde_json escapes
+/// only `"`, `\` and control characters), else written by serde_json.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+/// The validated rows as arrays in schema order, as [`Echo::Rows`] serialises them; a cell
+/// whose request text is what would be written is copied from the request.
+fn write_rows(
+    out: &mut Vec<u8>,
+    table: &Table,
+    features: &[mldeploy_model::Feature],
+    echo: Option<(&[u8], &EchoText)>,
+) -> Result<(), serde_json::Error> {
+    out.push(b'[');
+    for r in 0..table.n_rows {
+        if r > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        for (c, (feature, column)) in features.iter().zip(&table.columns).enumerate() {
+            if c > 0 {
+                out.push(b',');
+            }
+            if let Some(text) = echo.and_then(|(body, cells)| cells.cell(body, r, c)) {
+                out.extend_from_slice(text);
+                continue;
+            }
+            match column {
+                Column::Category(v) => write_str(out, &v[r]),
+                Column::OptionalCategory(v) => match &v[r] {
+                    Some(s) => write_str(out, s),
+                    None => out.extend_from_slice(b"null"),
+                },
+                Column::Numeric(v) => {
+                    let x = v[r];
+                    match feature.dtype {
+                        Dtype::Bool => out.extend_from_slice(if x != 0.0 { b"true" } else { b"false" }),
+                        Dtype::Int if x.fract() == 0.0 && x.abs() < 9.0e15 => {
+                            out.extend_from_slice(itoa::Buffer::new().format(x as i64).as_bytes())
+                        }
+                        _ => write_f64(out, x),
+                    }
+                }
+            }
+        }
+        out.push(b']');
+    }
+    out.push(b']');
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{ModelSource, Registry};
+    use mldeploy_model::{ClassLabels, Feature, FeatureValues, Model, ModelInfo, Response, Schema};
+    use serde_json::json;
+
+    struct Fixed(ModelInfo);
+
+    impl Model for Fixed {
+        fn info(&self) -> &ModelInfo {
+            &self.0
+        }
+        fn predict(&self, _: &PredictInput) -> Result<Response, ModelError> {
+            Ok(Response::default())
+        }
+    }
+
+    fn feature(name: &str, dtype: Dtype) -> Feature {
+        Feature { name: name.into(), dtype, values: None, allow_nan: true, missing: false }
+    }
+
+    fn registry(features: Vec<Feature>, classes: Value) -> Registry {
+        let info = ModelInfo {
+            name: "m \"q\" é".into(),
+            version: "1.0".into(),
+            kind: "custom".into(),
+            features,
+            outputs: json!({"classes": classes}),
+            ..ModelInfo::default()
+        };
+        Registry::new(vec![(Arc::new(Fixed(info)) as Arc<dyn Model>, ModelSource::default())], "/api/ml")
+            .unwrap()
+    }
+
+    fn output(name: &str, role: Role, tensor: Tensor) -> Output {
+        Output { name: name.into(), role, tensor }
+    }
+
+    /// The direct writer gives serde_json's bytes of [`Body`].
+    fn same(
+        entry: &ModelEntry,
+        response: &Response,
+        table: Option<&Table>,
+        topic: Option<&str>,
+        rejected: &[RowError],
+    ) {
+        let parts = Fragments::new(entry);
+        let expected = serde_json::to_vec(&Body::new(entry, response, table, topic, rejected)).unwrap();
+        let written = write_body(entry, &parts, response, table, topic, rejected, None).unwrap();
+        assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected).unwrap());
+    }
+
+    #[test]
+    fn written_answers_are_serde_json_s() {
+        let mut numeric =
+            vec![feature("a", Dtype::Float), feature("b", Dtype::Int), feature("c", Dtype::Bool)];
+        numeric[0].values = Some(FeatureValues::Range { min: None, max: None });
+        let models = registry(
+            vec![
+                numeric[0].clone(),
+                numeric[1].clone(),
+                numeric[2].clone(),
+                feature("d", Dtype::Category),
+                Feature { missing: true, ..feature("e", Dtype::Category) },
+            ],
+            json!(["x", "y\n", 3]),
+        );
+        let entry = models.get(0);
+        let table = Table {
+            n_rows: 2,
+            columns: vec![
+                Column::Numeric(vec![5.1, f64::NAN]),
+                Column::Numeric(vec![3.0, 1e17]),
+                Column::Numeric(vec![1.0, 0.0]),
+                Column::Category(vec!["a\"b".into(), "ç".into()]),
+                Column::OptionalCategory(vec![None, Some("z".into())]),
+            ],
+            source_rows: vec![0, 2],
+        };
+        let labels = ClassLabels::new(vec![json!("x"), json!("y\n")]);
+        let outputs = vec![
+            output("predict", Role::Labels, labels.tensor(&[0, 1])),
+            output(
+                "predict_proba",
+                Role::Probabilities,
+                Tensor::fp64_matrix(vec![0.25, 0.75, f64::INFINITY, 1e-7], 2),
+            ),
+            output("extra", Role::Other, Tensor::fp64(vec![1.0, 2.5])),
+            output("classes", Role::Other, Tensor::fp64(vec![9.0])),
+        ];
+        let rejected = vec![RowError {
+            row: Some(1),
+            feature: Some("a".into()),
+            reason: "not_finite".into(),
+            message: "m".into(),
+        }];
+        let mut response = Response { target: Target::outputs(outputs.clone()), ..Response::default() };
+        same(entry, &response, Some(&table), None, &[]);
+        same(entry, &response, Some(&table), Some("predict"), &rejected);
+        response.topics = vec!["t1".into(), "predict".into()];
+        response.list_metrics = vec![MetricValue::gauge("F1", 0.5)];
+        same(entry, &response, Some(&table), Some("predict"), &[]);
+        response.target = Target::Outputs { outputs: outputs.clone(), by_name: true };
+        same(entry, &response, None, None, &[]);
+        let mut column = Tensor::fp64(vec![1.5, -2.0]);
+        column.shape = vec![2, 1];
+        let scalar = Tensor { shape: vec![], ..Tensor::fp64(vec![4.0]) };
+        response.target = Target::outputs(vec![
+            output("variable", Role::Values, column),
+            output("s", Role::Other, scalar),
+            output(
+                "i",
+                Role::Other,
+                Tensor { values: Values::Int(vec![-3, 4]), ..Tensor::fp64(vec![0.0; 2]) },
+            ),
+            output(
+                "b",
+                Role::Other,
+                Tensor { values: Values::Bool(vec![true, false]), ..Tensor::fp64(vec![0.0; 2]) },
+            ),
+            output(
+                "j",
+                Role::Other,
+                Tensor {
+                    values: Values::Json(vec![json!({"k": [1]}), json!(null)]),
+                    ..Tensor::fp64(vec![0.0; 2])
+                },
+            ),
+        ]);
+        same(entry, &response, Some(&table), None, &[]);
+        response.target = Target::Json(json!({"y_predicted": [1, 2]}));
+        response.input = Some(json!({"data": [[1]]}));
+        same(entry, &response, Some(&table), None, &[]);
+        let no_classes = registry(numeric, Value::Null);
+        response.input = None;
+        same(no_classes.get(0), &response, None, None, &[]);
+    }
+
+    #[test]
+    fn echo_copies_the_request_text() {
+        let models = registry(vec![feature("a", Dtype::Float), feature("b", Dtype::Int)], json!([0, 1]));
+        let entry = models.get(0);
+        let body = br#"{"data": [[5.1, 3], [1e2, -0], [0.30000000000000004, 12], [2.50, 7.0]]}"#;
+        let schema = Schema::new(entry.info().features.clone());
+        let rows = fast::decode(&schema, body).unwrap();
+        let response = Response::default();
+        let parts = Fragments::new(entry);
+        let expected =
+            serde_json::to_vec(&Body::new(entry, &response, Some(&rows.table), None, &[])).unwrap();
+        let written =
+            write_body(entry, &parts, &response, Some(&rows.table), None, &[], Some((body, &rows.echo)))
+                .unwrap();
+        assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected).unwrap());
     }
 }

@@ -615,6 +615,10 @@ impl Model for OnnxModel {
         Ok(Response { target: Target::Outputs { outputs, by_name: true }, ..Response::default() })
     }
 
+    fn reads_body(&self) -> bool {
+        false
+    }
+
     fn supports_feedback(&self) -> bool {
         self.feedback.is_some()
     }
