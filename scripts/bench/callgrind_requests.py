@@ -17,18 +17,11 @@ import http.client
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from loopback import free_port
 
 
 def send(conn, path, body, n):

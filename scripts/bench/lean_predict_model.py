@@ -14,28 +14,18 @@ requests.
 Same route as the benchmark class (POST /ml/api/predict) and the same two adjustments outside
 the request path (load() in the constructor, bind on loopback).
 """
-import os
 import warnings
 
-import joblib
 import numpy as np
-from ml_deploy.implements.serving import Serving
 from ml_deploy.rest.utils import create_response
-from ml_deploy_model import _bind_on_loopback
+from ml_deploy_model import BreastCancerModel
 
 
-class LeanPredictModel(Serving):
-    __name__ = "breast-cancer"
-    __version__ = "1.0.0"
-    __api_prefix__ = "ml"
-
-    def __init__(self):
-        self.pipeline = None
-        super().__init__()
-        self.load()
+class LeanPredictModel(BreastCancerModel):
+    """The benchmark class (same name, version, route, loading and bind) with a lean predict."""
 
     def load(self):
-        self.pipeline = joblib.load(os.environ["BENCH_PIPELINE"])
+        super().load()
         # Fitted on a DataFrame: an array has no feature names, which scikit-learn warns about
         # on every call; the columns are in the fitted order.
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
@@ -47,7 +37,3 @@ class LeanPredictModel(Serving):
         return create_response(
             target={"y_predicted": classes.tolist(), "probabilities": probabilities.tolist()}
         )
-
-    def run(self):
-        _bind_on_loopback()
-        super().run()

@@ -19,18 +19,11 @@ import argparse
 import glob
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import time
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from loopback import free_port
 
 
 def request_of(model_dir, variant, rows):
