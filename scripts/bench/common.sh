@@ -39,3 +39,17 @@ wait_ready() {
         sleep 0.05
     done
 }
+
+# Stops the servers the script started: mldeploy (MLDEPLOY_PID) and MLServer (MLSERVER_PID,
+# through the script at MLSERVER); either may be unset or empty.
+stop_servers() {
+    if [[ -n ${MLDEPLOY_PID:-} ]]; then
+        kill -TERM "$MLDEPLOY_PID" 2>/dev/null || true
+        wait "$MLDEPLOY_PID" 2>/dev/null || true
+        MLDEPLOY_PID=
+    fi
+    if [[ -n ${MLSERVER_PID:-} ]]; then
+        "$MLSERVER" stop "$MLSERVER_PID" || true
+        MLSERVER_PID=
+    fi
+}

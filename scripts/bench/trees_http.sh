@@ -77,17 +77,6 @@ MODEL_DIR=$OUT/models
 log() { printf 'trees_http.sh: %s\n' "$*" >&2; }
 
 MLDEPLOY_PID= MLSERVER_PID=
-stop_servers() {
-    if [[ -n $MLDEPLOY_PID ]]; then
-        kill -TERM "$MLDEPLOY_PID" 2>/dev/null || true
-        wait "$MLDEPLOY_PID" 2>/dev/null || true
-        MLDEPLOY_PID=
-    fi
-    if [[ -n $MLSERVER_PID ]]; then
-        "$MLSERVER" stop "$MLSERVER_PID" || true
-        MLSERVER_PID=
-    fi
-}
 trap stop_servers EXIT
 
 # lock shared|exclusive|release: BENCH_LOCK on descriptor 9, when it is set.

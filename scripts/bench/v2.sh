@@ -78,16 +78,7 @@ MODEL_DIR=$OUT/model
 log() { printf 'v2.sh: %s\n' "$*" >&2; }
 
 MLDEPLOY_PID= MLSERVER_PID=
-cleanup() {
-    if [[ -n $MLDEPLOY_PID ]]; then
-        kill -TERM "$MLDEPLOY_PID" 2>/dev/null || true
-        wait "$MLDEPLOY_PID" 2>/dev/null || true
-    fi
-    if [[ -n $MLSERVER_PID ]]; then
-        "$MLSERVER" stop "$MLSERVER_PID" || true
-    fi
-}
-trap cleanup EXIT
+trap stop_servers EXIT
 
 # --- Setup (idempotent) ----------------------------------------------------------------------
 if [[ -z ${MLDEPLOY_BIN:-} ]]; then
