@@ -53,3 +53,16 @@ stop_servers() {
         MLSERVER_PID=
     fi
 }
+
+# The BENCH_SUMMARY line post_json.lua / post_v2.lua add to wrk's output in FILE.
+summary_of() { grep '^BENCH_SUMMARY' "$1" | sed 's/^BENCH_SUMMARY //' || echo "requests=0 missing=1"; }
+
+# CPU clock ticks (utime + stime, all threads) of a process and its live children.
+tree_ticks() {
+    local total child
+    total=$(awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0)
+    for child in $(cat "/proc/$1/task/$1/children" 2>/dev/null || true); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$child/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}

@@ -135,17 +135,6 @@ run_wrk() {
         wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${4}s" --timeout 10s --latency \
         -s "$BENCH_DIR/post_json.lua" "$(url_of "$1" "$2")" >"$5" 2>&1 || true
 }
-summary_of() { grep '^BENCH_SUMMARY' "$1" | sed 's/^BENCH_SUMMARY //' || echo "requests=0 missing=1"; }
-
-# CPU clock ticks (utime + stime, all threads) of a process and its live children.
-tree_ticks() {
-    local total child
-    total=$(awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0)
-    for child in $(cat "/proc/$1/task/$1/children" 2>/dev/null || true); do
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$child/stat" 2>/dev/null || echo 0)))
-    done
-    echo "$total"
-}
 mem() { python3 "$BENCH_DIR/proc_tree_mem.py" "$1"; }
 
 # Waits (at most 60 s) until the process tree of PID has used no CPU for 0.5 s: MLServer goes on
