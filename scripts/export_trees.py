@@ -24,6 +24,7 @@ Anything that cannot be reproduced exactly is refused with ``ExportError`` sayin
 
 import json
 import math
+import os
 
 import numpy as np
 
@@ -500,6 +501,17 @@ def export_tree_model(estimator, categorical_columns=None):
     if mod.startswith("lightgbm"):
         return _export_lightgbm(est, categorical_columns)
     raise ExportError(f"{type(est).__name__} from {mod} is not a supported tree ensemble")
+
+
+def write_tree_model(estimator, directory):
+    """Export a fitted tree ensemble's files into ``directory`` (created when missing);
+    returns (kind, extra_manifest) as :func:`export_tree_model` does."""
+    kind, files, extra = export_tree_model(estimator)
+    os.makedirs(directory, exist_ok=True)
+    for name, data in files.items():
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
+    return kind, extra
 
 
 def encode_categories(extra_manifest, frame):

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from export_trees import encode_categories, export_tree_model  # noqa: E402
+from export_trees import encode_categories, export_tree_model, write_tree_model  # noqa: E402
 
 warnings.filterwarnings("ignore")
 OUT = None
@@ -168,12 +168,8 @@ def jnum(v):
 
 def write_fixture(name, est, X_lib, X_engine, tol, note=""):
     """Export `est`, run the library on X_lib and store the engine input X_engine."""
-    kind, files, extra = export_tree_model(est)
     d = os.path.join(OUT, name)
-    os.makedirs(d, exist_ok=True)
-    for fname, data in files.items():
-        with open(os.path.join(d, fname), "wb") as f:
-            f.write(data)
+    kind, extra = write_tree_model(est, d)
     expected = {
         "kind": kind,
         "file": extra["model_file"],

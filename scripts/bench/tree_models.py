@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from export_trees import export_tree_model  # noqa: E402
+from export_trees import write_tree_model  # noqa: E402
 
 NAMES = ["rf300", "et300", "gb300", "hgb300", "xgb300", "lgb300"]
 
@@ -44,18 +44,14 @@ def main():
     for name in sys.argv[2:] or NAMES:
         est, x_fit = models[name]
         est.fit(x_fit, y_train)
-        family, files, extra = export_tree_model(est)
         d = os.path.join(out, name)
-        os.makedirs(d, exist_ok=True)
-        for file_name, data in files.items():
-            with open(os.path.join(d, file_name), "wb") as f:
-                f.write(data)
+        family, extra = write_tree_model(est, d)
         rows = np.nan_to_num(x_test) if name == "gb300" else x_test
         with open(os.path.join(d, "bench.json"), "w") as f:
             json.dump({"kind": family, "file": extra["model_file"],
                        "x": [[None if v != v else float(v) for v in r] for r in rows]}, f)
         joblib.dump((est, rows), os.path.join(d, "model.joblib"))
-        print(name, family, sum(len(v) for v in files.values()) // 1024, "KiB", flush=True)
+        print(name, family, os.path.getsize(os.path.join(d, extra["model_file"])) // 1024, "KiB", flush=True)
 
 
 if __name__ == "__main__":

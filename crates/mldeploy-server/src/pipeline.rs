@@ -72,9 +72,11 @@ impl Calls<'_> {
             // that polls for I/O: then the worker's other threads wait with it (a call waiting
             // on another request would never end). Handing this thread's work to another
             // thread for the call avoids that; it costs microseconds, so only for slow models.
-            let multi_thread = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            if self.may_block && multi_thread {
+            let multi_thread = || {
+                tokio::runtime::Handle::try_current()
+                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+            };
+            if self.may_block && multi_thread() {
                 block_in_place(call)
             } else {
                 call()
