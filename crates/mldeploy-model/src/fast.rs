@@ -414,54 +414,28 @@ impl<'a> Parser<'a> {
         if negative {
             i += 1;
         }
-        // Integer part.
-        let int_start = i;
+        // The digits of the integer and fraction parts, in one integer: exact while it holds
+        // at most 19 significant digits (below 10^19 < 2^64), which `significant` tells.
         let mut mantissa: u64 = 0;
-        let mut digits = 0u32; // significant digits taken into `mantissa`
-        let mut lost = false; // digits beyond 19 were met (mantissa inexact)
+        let int_start = i;
         match s.get(i)? {
             b'0' => i += 1,
-            b'1'..=b'9' => {
-                while let Some(&c @ b'0'..=b'9') = s.get(i) {
-                    if digits < 19 {
-                        mantissa = mantissa * 10 + u64::from(c - b'0');
-                        digits += u32::from(mantissa != 0);
-                    } else {
-                        lost = true;
-                    }
-                    i += 1;
-                }
-            }
+            b'1'..=b'9' => i = digits_into(s, i, &mut mantissa),
             _ => return None,
         }
         let int_len = i - int_start;
         let int_is_zero = int_len == 1 && s[int_start] == b'0';
-        // Fraction.
-        let mut frac_len = 0usize;
-        let mut frac_zeros_lead = 0usize; // zeros right after the point (when int is 0)
-        let mut frac_last_zero = false;
-        let mut frac_exp: i64 = 0;
         let has_frac = s.get(i) == Some(&b'.');
+        let mut frac = i..i;
         if has_frac {
-            i += 1;
-            let frac_start = i;
-            while let Some(&c @ b'0'..=b'9') = s.get(i) {
-                if digits < 19 {
-                    mantissa = mantissa * 10 + u64::from(c - b'0');
-                    digits += u32::from(mantissa != 0);
-                    frac_exp -= 1;
-                } else {
-                    lost = true;
-                }
-                i += 1;
-            }
-            frac_len = i - frac_start;
-            if frac_len == 0 {
+            let frac_start = i + 1;
+            i = digits_into(s, frac_start, &mut mantissa);
+            if i == frac_start {
                 return None;
             }
-            frac_last_zero = s[i - 1] == b'0';
-            frac_zeros_lead = s[frac_start..i].iter().take_while(|&&c| c == b'0').count();
+            frac = frac_start..i;
         }
+        let frac_len = frac.len();
         // Exponent.
         let mut exp: i64 = 0;
         let has_exp = matches!(s.get(i), Some(b'e' | b'E'));
@@ -494,12 +468,17 @@ impl<'a> Parser<'a> {
             }
         }
         self.i = i;
-        let text = &s[start..i];
-        let e10 = exp + frac_exp;
+        // Zeros before the first significant digit: only after "0." (an integer part other
+        // than "0" starts with a nonzero digit).
+        let frac_zeros_lead =
+            if int_is_zero { s[frac].iter().take_while(|&&c| c == b'0').count() } else { 0 };
+        let significant = if int_is_zero { frac_len - frac_zeros_lead } else { int_len + frac_len };
+        let exact = significant <= 19;
+        let e10 = exp - frac_len as i64;
         let value = if !has_frac && !has_exp {
             // An integer: serde_json keeps it as u64/i64 (exact) and converts with `as`
             // (-0 becomes -0.0 there too).
-            if lost {
+            if !exact {
                 return None;
             }
             let x = mantissa as f64;
@@ -508,7 +487,7 @@ impl<'a> Parser<'a> {
             } else {
                 x
             }
-        } else if !lost && mantissa < (1u64 << 53) && (-22..=22).contains(&e10) {
+        } else if exact && mantissa < (1u64 << 53) && (-22..=22).contains(&e10) {
             // Both operands are exact doubles: one correctly rounded operation.
             let m = mantissa as f64;
             let x = if e10 >= 0 { m * POW10[e10 as usize] } else { m / POW10[(-e10) as usize] };
@@ -522,14 +501,15 @@ impl<'a> Parser<'a> {
             // rather than `str::parse`: it reads the bytes as they are (no UTF-8 check) and
             // took 14-18 ns per 17-digit number against 32-45 ns (numbers as numpy writes
             // them are mostly 16-17 digits, beyond the exact product above).
-            fast_float2::parse::<f64, _>(text).ok()?
+            fast_float2::parse::<f64, _>(&s[start..i]).ok()?
         };
         if !value.is_finite() {
             return None;
         }
         // Significant digits of the text (at most 15 makes the text the shortest that reads
         // back as this f64, so it is what serde_json writes when the notation matches too).
-        let sig_ok = !lost && digits <= 15;
+        let sig_ok = significant <= 15;
+        let frac_last_zero = has_frac && s[i - 1] == b'0';
         let float_text = has_frac
             && !has_exp
             && sig_ok
@@ -543,6 +523,51 @@ impl<'a> Parser<'a> {
         let int_text = !has_frac && !has_exp && sig_ok && int_len <= 15 && !(negative && mantissa == 0);
         Some(Number { value, float_text, int_text })
     }
+}
+
+/// Reads the decimal digits from `i` on into `m` (`m * 10 + digit` for each, wrapping past
+/// 19 digits, where the caller stops trusting it); returns where the digits end.
+fn digits_into(s: &[u8], mut i: usize, m: &mut u64) -> usize {
+    // Eight digits per step while there are: numpy's numbers carry 16 to 17.
+    while let Some(chunk) = s.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        if !eight_digits_ahead(word) {
+            break;
+        }
+        *m = m.wrapping_mul(100_000_000).wrapping_add(eight_digits_value(word));
+        i += 8;
+    }
+    while let Some(&c) = s.get(i) {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        *m = m.wrapping_mul(10).wrapping_add(u64::from(d));
+        i += 1;
+    }
+    i
+}
+
+/// Whether all eight bytes of `word` (read little-endian) are ASCII digits: each byte's high
+/// nibble is 3 and adding 6 to each keeps it there (0x3a..=0x3f would carry into 4).
+fn eight_digits_ahead(word: u64) -> bool {
+    const HIGH: u64 = 0xf0f0_f0f0_f0f0_f0f0;
+    const THREES: u64 = 0x3030_3030_3030_3030;
+    word & HIGH == THREES && word.wrapping_add(0x0606_0606_0606_0606) & HIGH == THREES
+}
+
+/// The value of eight ASCII digits read little-endian (the first digit in the lowest byte):
+/// digits combined in pairs, then pairs into fours, then the two fours, in three multiplies.
+fn eight_digits_value(word: u64) -> u64 {
+    let d = word - 0x3030_3030_3030_3030;
+    // Each byte k now holds 10 * d[k] + d[k + 1]; the even bytes are the pairs wanted.
+    let pairs = d.wrapping_mul(10) + (d >> 8);
+    const LOW_PAIRS: u64 = 0x0000_00ff_0000_00ff;
+    // Pairs 0 and 2 (bytes 0 and 4) weighted by 10^6 and 10^2, pairs 1 and 3 (bytes 2 and 6)
+    // by 10^4 and 1; the products meet in the high half.
+    let outer = (pairs & LOW_PAIRS).wrapping_mul(100 + (1_000_000 << 32));
+    let inner = ((pairs >> 16) & LOW_PAIRS).wrapping_mul(1 + (10_000 << 32));
+    outer.wrapping_add(inner) >> 32
 }
 
 /// Powers of ten that are exact doubles.
@@ -764,6 +789,39 @@ mod tests {
         ] {
             assert!(check(&schema, body), "{body}");
         }
+    }
+
+    #[test]
+    fn eight_digits_at_a_time_read_as_one_at_a_time() {
+        let mut pick = 5u64;
+        for _ in 0..20_000 {
+            pick = pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let len = (pick >> 59) as usize + 1; // 1 to 32 bytes
+            let text: Vec<u8> = (0..len)
+                .map(|k| {
+                    let r = (pick >> (k % 56)) as u8;
+                    // Mostly digits, sometimes the bytes just outside '0'..='9' and a stop.
+                    match r % 16 {
+                        0 => b'/',
+                        1 => b':',
+                        2 => b'.',
+                        _ => b'0' + r % 10,
+                    }
+                })
+                .collect();
+            let mut m = 0u64;
+            let end = digits_into(&text, 0, &mut m);
+            let digits = text.iter().take_while(|c| c.is_ascii_digit()).count();
+            assert_eq!(end, digits, "{text:?}");
+            let slow = text[..digits]
+                .iter()
+                .fold(0u64, |m, &c| m.wrapping_mul(10).wrapping_add(u64::from(c - b'0')));
+            assert_eq!(m, slow, "{text:?}");
+        }
+        assert_eq!(eight_digits_value(u64::from_le_bytes(*b"12345678")), 12_345_678);
+        assert_eq!(eight_digits_value(u64::from_le_bytes(*b"99999999")), 99_999_999);
+        assert!(!eight_digits_ahead(u64::from_le_bytes(*b"1234567:")));
+        assert!(!eight_digits_ahead(u64::from_le_bytes(*b"/2345678")));
     }
 
     #[test]
