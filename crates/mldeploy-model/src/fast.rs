@@ -33,8 +33,11 @@ use crate::{Column, Table};
 /// Where the request's own text of each cell can be copied into the echo.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EchoText {
-    /// Per cell, row-major in schema order: the offset of its text in the body, or
-    /// [`EchoText::FORMAT`] when the echo must format the value itself.
+    /// Per cell, row-major in schema order: the offset of its text in the body (the low
+    /// [`EchoText::LEN_SHIFT`] bits) and the text's length (the high bits), or
+    /// [`EchoText::FORMAT`] when the echo must format the value itself. The length is kept so
+    /// that the answer copies without scanning for the number's end; cells past the first
+    /// 128 MiB of a body are formatted instead.
     starts: Vec<u32>,
     n_cols: usize,
 }
@@ -42,19 +45,33 @@ pub struct EchoText {
 impl EchoText {
     /// The marker of a cell whose text is not what the echo writes.
     const FORMAT: u32 = u32::MAX;
+    /// Where the length starts in a cell's word.
+    const LEN_SHIFT: u32 = 27;
+    /// Offsets below this fit (the all-ones offset is left to [`EchoText::FORMAT`]).
+    const OFFSET_LIMIT: usize = (1 << Self::LEN_SHIFT) - 1;
+    const LEN_LIMIT: usize = 1 << (32 - Self::LEN_SHIFT);
+
+    /// The word of a cell whose text is at `start`, `len` bytes long.
+    fn pack(start: usize, len: usize) -> u32 {
+        if start < Self::OFFSET_LIMIT && len < Self::LEN_LIMIT {
+            ((len as u32) << Self::LEN_SHIFT) | start as u32
+        } else {
+            Self::FORMAT
+        }
+    }
 
     /// The text of cell (`row`, `col`) in `body` when it is exactly what the echo of its value
     /// writes: for a `float` feature, what serde_json writes for the `f64` (the shortest text
     /// that reads back the same, in plain notation: `5.1`, `1001.0`, `0.00012`); for an `int`
     /// feature, the integer's digits.
     pub fn cell<'b>(&self, body: &'b [u8], row: usize, col: usize) -> Option<&'b [u8]> {
-        let start = *self.starts.get(row * self.n_cols + col)?;
-        if start == Self::FORMAT {
+        let word = *self.starts.get(row * self.n_cols + col)?;
+        if word == Self::FORMAT {
             return None;
         }
-        let rest = body.get(start as usize..)?;
-        let len = rest.iter().position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'.')).unwrap_or(rest.len());
-        Some(&rest[..len])
+        let start = (word as usize) & Self::OFFSET_LIMIT;
+        let len = (word >> Self::LEN_SHIFT) as usize;
+        body.get(start..start + len)
     }
 }
 
@@ -340,7 +357,7 @@ impl<'a> Parser<'a> {
             let number = self.number()?;
             let x = accept(feature, &number)?;
             self.columns[j].push(x);
-            self.starts.push(echo_start(feature.dtype, &number, start));
+            self.starts.push(echo_cell(feature.dtype, &number, start, self.i - start));
             let end = if j + 1 == n_cols { b']' } else { b',' };
             self.expect(end)?;
         }
@@ -399,7 +416,7 @@ impl<'a> Parser<'a> {
             *last = x;
         }
         let at = self.starts.len() - features.len() + j;
-        self.starts[at] = echo_start(feature.dtype, &number, start);
+        self.starts[at] = echo_cell(feature.dtype, &number, start, self.i - start);
         Some(j)
     }
 
@@ -591,13 +608,14 @@ fn accept(feature: &crate::Feature, number: &Number) -> Option<f64> {
     Some(x)
 }
 
-fn echo_start(dtype: Dtype, number: &Number, start: usize) -> u32 {
+/// The echo word of a cell whose text, `len` bytes at `start`, was read as `number`.
+fn echo_cell(dtype: Dtype, number: &Number, start: usize, len: usize) -> u32 {
     let same = match dtype {
         Dtype::Int => number.int_text,
         _ => number.float_text,
     };
     if same {
-        start as u32
+        EchoText::pack(start, len)
     } else {
         EchoText::FORMAT
     }
@@ -789,6 +807,19 @@ mod tests {
         ] {
             assert!(check(&schema, body), "{body}");
         }
+    }
+
+    #[test]
+    fn echo_words_hold_offset_and_length_or_send_the_cell_to_formatting() {
+        let body = b"[[12.5, 3]]";
+        let echo = EchoText { starts: vec![EchoText::pack(2, 4), EchoText::pack(8, 1)], n_cols: 2 };
+        assert_eq!(echo.cell(body, 0, 0), Some(&b"12.5"[..]));
+        assert_eq!(echo.cell(body, 0, 1), Some(&b"3"[..]));
+        assert_eq!(echo.cell(body, 1, 0), None);
+        // Too far into the body, or too long: formatted.
+        assert_eq!(EchoText::pack(EchoText::OFFSET_LIMIT, 3), EchoText::FORMAT);
+        assert_eq!(EchoText::pack(EchoText::OFFSET_LIMIT - 1, 31), ((31 << 27) | ((1 << 27) - 2)));
+        assert_eq!(EchoText::pack(5, 32), EchoText::FORMAT);
     }
 
     #[test]
