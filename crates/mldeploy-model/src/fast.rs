@@ -73,6 +73,12 @@ impl EchoText {
         let len = (word >> Self::LEN_SHIFT) as usize;
         body.get(start..start + len)
     }
+
+    /// Whether every cell of column `col` has its text in the body (then the echo never needs
+    /// the column's values).
+    pub fn copies_column(&self, col: usize) -> bool {
+        col < self.n_cols && self.starts.iter().skip(col).step_by(self.n_cols).all(|&s| s != Self::FORMAT)
+    }
 }
 
 /// Rows decoded straight into columns.

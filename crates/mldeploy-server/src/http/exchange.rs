@@ -12,6 +12,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::Server;
+use crate::protocol::Chunks;
 
 /// Where a connection is between requests.
 pub(crate) const IDLE: u8 = 0;
@@ -127,10 +128,15 @@ impl ConnState {
     }
 }
 
-/// A response body: one buffer. Dropping it (hyper does once the answer is handed over)
-/// marks the connection idle, which starts its keep-alive clock.
+/// A response body: one buffer, or chunks written as hyper asks for them. Dropping it (hyper
+/// does once the answer is handed over) marks the connection idle, which starts its
+/// keep-alive clock.
 pub(crate) struct ResBody {
     data: Option<Bytes>,
+    /// A large answer still being written: chunked transfer encoding, no Content-Length.
+    chunks: Option<Chunks>,
+    /// The connection was told the answer is handed over (its first chunk was asked for).
+    handed: bool,
     state: Arc<ConnState>,
     /// The request this answers, on its connection.
     seq: u64,
@@ -144,7 +150,17 @@ pub(crate) const LARGE_EXCHANGE_BYTES: usize = 1 << 20;
 
 impl ResBody {
     pub(crate) fn new(data: Bytes, state: Arc<ConnState>, seq: u64, large: Option<Arc<Server>>) -> Self {
-        Self { data: (!data.is_empty()).then_some(data), state, seq, large }
+        Self { data: (!data.is_empty()).then_some(data), chunks: None, handed: false, state, seq, large }
+    }
+
+    /// A body written chunk by chunk while it is sent.
+    pub(crate) fn chunked(
+        chunks: Chunks,
+        state: Arc<ConnState>,
+        seq: u64,
+        large: Option<Arc<Server>>,
+    ) -> Self {
+        Self { data: None, chunks: Some(chunks), handed: false, state, seq, large }
     }
 }
 
@@ -156,15 +172,33 @@ impl Body for ResBody {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
+        let this = &mut *self;
+        if let Some(chunks) = &mut this.chunks {
+            // hyper has the answer once it asks for its body: from here the connection's clock
+            // runs as for a one-buffer answer being written (a client that stops reading is cut
+            // off after the request timeout, not kept forever).
+            if !std::mem::replace(&mut this.handed, true) {
+                this.state.end_request(this.seq);
+            }
+            let next = (chunks.0)();
+            if next.is_none() {
+                this.chunks = None;
+            }
+            return Poll::Ready(next.map(|d| Ok(Frame::data(d))));
+        }
+        Poll::Ready(this.data.take().map(|d| Ok(Frame::data(d))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none()
+        self.data.is_none() && self.chunks.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+        match &self.chunks {
+            // Unknown length: hyper sends it chunked (or until close, to an HTTP/1.0 client).
+            Some(_) => SizeHint::default(),
+            None => SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
     }
 }
 

@@ -51,16 +51,23 @@ pub(crate) async fn handle(
     let template = matched.as_ref().map_or("unmatched", |m| m.entry.pattern.as_str());
     let seconds = t0.elapsed().as_secs_f64();
     let model = match reply.model {
-        Some(index) => &server.ctx.models.get(index).metric_key,
+        Some(index) => &server.ctx.models.get(index as usize).metric_key,
         None => &server.unmatched_key,
     };
     metrics.request_finished(model, method_label(&parts.method), template, status, seconds);
     drop(in_flight);
     if server.ctx.settings.access_log {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        info!(server.ctx.access_log, "request";
-            "remote" => %remote, "method" => parts.method.as_str(), "path" => path, "status" => status,
-            "bytes" => bytes, "duration_ms" => seconds * 1000.0, "request_id" => id_text);
+        if reply.chunks.is_some() {
+            // A chunked answer's length is known only once it is sent.
+            info!(server.ctx.access_log, "request";
+                "remote" => %remote, "method" => parts.method.as_str(), "path" => path, "status" => status,
+                "bytes" => "chunked", "duration_ms" => seconds * 1000.0, "request_id" => id_text);
+        } else {
+            info!(server.ctx.access_log, "request";
+                "remote" => %remote, "method" => parts.method.as_str(), "path" => path, "status" => status,
+                "bytes" => bytes, "duration_ms" => seconds * 1000.0, "request_id" => id_text);
+        }
     }
     let response = into_response(&server, state, seq, &parts, reply, id);
     server.request_completed();
@@ -307,8 +314,13 @@ fn into_response(
     reply: Reply,
     id: HeaderValue,
 ) -> Response<ResBody> {
-    let large = (reply.large_request || reply.body.len() >= LARGE_EXCHANGE_BYTES).then(|| server.clone());
-    let mut response = Response::new(ResBody::new(reply.body, state, seq, large));
+    let large = (reply.large_request || reply.body.len() >= LARGE_EXCHANGE_BYTES || reply.chunks.is_some())
+        .then(|| server.clone());
+    let body = match reply.chunks {
+        Some(chunks) => ResBody::chunked(*chunks, state, seq, large),
+        None => ResBody::new(reply.body, state, seq, large),
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = reply.status;
     let headers = response.headers_mut();
     if let Some(content_type) = reply.content_type {

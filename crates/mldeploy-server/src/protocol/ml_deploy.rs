@@ -26,7 +26,7 @@ use serde_json::Value;
 use slog::error;
 
 use super::server::API_VERSION;
-use super::{error_json, internal_error, Methods, Protocol, Reply, Request, Route};
+use super::{error_json, internal_error, Chunks, Methods, Protocol, Reply, Request, Route};
 use crate::events::{EventKind, JsonEvent};
 use crate::http::multipart;
 use crate::pipeline::{Checked, Failure, Predicted};
@@ -166,7 +166,7 @@ fn predict(cx: &ServeContext, index: usize, parts: &Fragments, req: &Request<'_>
     };
     let input = PredictInput { body, table: checked.table, form };
     let predicted = calls.predict(entry, input, id).map_err(|e| failure(cx, e, id))?;
-    let echo = echo.as_ref().map(|e| (&req.body[..], e));
+    let echo = echo.map(|e| (req.body.clone(), e));
     Ok(answer(cx, entry, parts, predicted, EventKind::Predict, &checked.rejected, echo, id))
 }
 
@@ -201,7 +201,8 @@ pub(crate) fn failure(cx: &ServeContext, failure: Failure, id: &str) -> Reply {
     }
 }
 
-/// Serialize the answer once; then, with events on, hand the same bytes to the event.
+/// Serialize the answer once; then, with events on, hand the same bytes to the event. A large
+/// answer without an event is written while it is sent instead (see [`Streamed`]).
 #[allow(clippy::too_many_arguments)]
 fn answer(
     cx: &ServeContext,
@@ -210,13 +211,33 @@ fn answer(
     predicted: Predicted,
     kind: EventKind,
     rejected: &[RowError],
-    echo: Option<(&[u8], &EchoText)>,
+    echo: Option<(Bytes, EchoText)>,
     id: &str,
 ) -> Reply {
-    let Predicted { mut response, table } = predicted;
+    let Predicted { response, table } = predicted;
     // With events on, the response lists the route's topic (ml-deploy's `predict`/`feedback`,
     // as configured), as ml-deploy did.
     let route_topic = cx.events.topic(kind);
+    // The event needs the whole answer's bytes: answers with one are written in one buffer.
+    let (mut response, table, echo) = match table {
+        Some(table) if route_topic.is_none() && size_guess(&response, Some(&table)) >= CHUNKED_FROM => {
+            match Streamed::new(entry, parts, response, table, route_topic, rejected, echo) {
+                Ok(mut streamed) => {
+                    let chunks = Chunks(Box::new(move || streamed.next_chunk(CHUNK)));
+                    return Reply {
+                        chunks: Some(Box::new(chunks)),
+                        ..Reply::json(StatusCode::OK, Bytes::new())
+                    };
+                }
+                Err(back) => {
+                    let (response, table, echo) = *back;
+                    (response, Some(table), echo)
+                }
+            }
+        }
+        table => (response, table, echo),
+    };
+    let echo = echo.as_ref().map(|(body, cells)| (&body[..], cells));
     let written = write_body(entry, parts, &response, table.as_ref(), route_topic, rejected, echo);
     // The table and the model's outputs are done with before the bytes go out.
     drop(table);
@@ -442,12 +463,7 @@ fn write_body(
     // An upper guess: growing a large answer by doubling copies it while both copies are
     // alive (an 8.9 MB prediction's 30 MB answer outgrew a tighter guess by 4%). Capacity
     // never written is never touched, so an overestimate costs address space, not memory.
-    let echo_guess = table.map_or(0, |t| t.n_rows * (t.columns.len() * 24 + 4));
-    let output_values = match &response.target {
-        Target::Outputs { outputs, .. } => outputs.iter().map(|o| o.tensor.values.len()).sum(),
-        Target::Json(_) => 0,
-    };
-    let mut out = Vec::with_capacity(256 + echo_guess + output_values * 26);
+    let mut out = Vec::with_capacity(size_guess(response, table));
     out.extend_from_slice(b"{\"target\":");
     match &response.target {
         Target::Json(value) => serde_json::to_writer(&mut out, value)?,
@@ -461,11 +477,33 @@ fn write_body(
         (None, Some(table)) => write_rows(&mut out, table, &entry.info().features, echo)?,
         (None, None) => out.extend_from_slice(b"null"),
     }
+    write_tail(&mut out, parts, response, route_topic, rejected)?;
+    Ok(out)
+}
+
+/// An upper guess of an answer's length, from the rows and output values.
+fn size_guess(response: &mldeploy_model::Response, table: Option<&Table>) -> usize {
+    let echo_guess = table.map_or(0, |t| t.n_rows * (t.columns.len() * 24 + 4));
+    let output_values: usize = match &response.target {
+        Target::Outputs { outputs, .. } => outputs.iter().map(|o| o.tensor.values.len()).sum(),
+        Target::Json(_) => 0,
+    };
+    256 + echo_guess + output_values * 26
+}
+
+/// What follows `input`: `list_metrics`, `topics`, `model`, `version`, `rejected` and the end.
+fn write_tail(
+    out: &mut Vec<u8>,
+    parts: &Fragments,
+    response: &mldeploy_model::Response,
+    route_topic: Option<&str>,
+    rejected: &[RowError],
+) -> Result<(), serde_json::Error> {
     out.extend_from_slice(b",\"list_metrics\":");
     if response.list_metrics.is_empty() {
         out.extend_from_slice(b"[]");
     } else {
-        serde_json::to_writer(&mut out, &response.list_metrics)?;
+        serde_json::to_writer(&mut *out, &response.list_metrics)?;
     }
     out.extend_from_slice(b",\"topics\":[");
     let route = route_topic.filter(|route| !response.topics.iter().any(|t| t == route));
@@ -473,21 +511,43 @@ fn write_body(
         if i > 0 {
             out.push(b',');
         }
-        write_str(&mut out, topic);
+        write_str(out, topic);
     }
     out.extend_from_slice(b"],");
     out.extend_from_slice(&parts.tail);
     if !rejected.is_empty() {
         out.extend_from_slice(b",\"rejected\":");
-        serde_json::to_writer(&mut out, rejected)?;
+        serde_json::to_writer(&mut *out, rejected)?;
     }
     out.push(b'}');
-    Ok(out)
+    Ok(())
+}
+
+/// Where `target`'s text goes: a buffer that takes the tensors too (one-buffer answers), or
+/// a [`Plan`] that leaves a place for each tensor, written later chunk by chunk.
+trait TargetSink {
+    fn text(&mut self) -> &mut Vec<u8>;
+    /// Output `index` listed whole: flat (`[rows, 1]` as one list) or nested by its shape.
+    fn tensor(&mut self, index: usize, output: &Output, flat: bool) -> Result<(), serde_json::Error>;
+}
+
+impl TargetSink for Vec<u8> {
+    fn text(&mut self) -> &mut Vec<u8> {
+        self
+    }
+
+    fn tensor(&mut self, _: usize, output: &Output, flat: bool) -> Result<(), serde_json::Error> {
+        if flat {
+            write_flat(self, &output.tensor.values)
+        } else {
+            write_nested(self, &output.tensor, 0, 0)
+        }
+    }
 }
 
 /// `target` of typed outputs, as [`TargetJson`] serialises it.
-fn write_outputs(
-    out: &mut Vec<u8>,
+fn write_outputs<S: TargetSink>(
+    sink: &mut S,
     outputs: &[Output],
     by_name: bool,
     classes: Option<&[u8]>,
@@ -497,7 +557,7 @@ fn write_outputs(
         Role::Probabilities => Some("probabilities"),
         Role::Other => None,
     };
-    out.push(b'{');
+    sink.text().push(b'{');
     let mut first = true;
     let mut key = |out: &mut Vec<u8>, name: &str| {
         if !std::mem::take(&mut first) {
@@ -509,31 +569,28 @@ fn write_outputs(
     let mut has_probabilities = false;
     let mut written: [Option<&str>; 2] = [None; 2];
     for (slot, name) in ["y_predicted", "probabilities"].into_iter().enumerate() {
-        if let Some(o) = outputs.iter().find(|o| alias(o) == Some(name)) {
+        if let Some((i, o)) = outputs.iter().enumerate().find(|(_, o)| alias(o) == Some(name)) {
             written[slot] = Some(name);
-            key(out, name);
-            if name == "y_predicted" && matches!(o.tensor.shape.as_slice(), [_, 1]) {
-                write_flat(out, &o.tensor.values)?;
-            } else {
-                write_nested(out, &o.tensor, 0, 0)?;
-            }
+            key(sink.text(), name);
+            let flat = name == "y_predicted" && matches!(o.tensor.shape.as_slice(), [_, 1]);
+            sink.tensor(i, o, flat)?;
             has_probabilities |= name == "probabilities";
         }
     }
     if has_probabilities {
         if let Some(classes) = classes {
-            key(out, "classes");
-            out.extend_from_slice(classes);
+            key(sink.text(), "classes");
+            sink.text().extend_from_slice(classes);
         }
     }
-    for o in outputs.iter().filter(|o| by_name || alias(o).is_none()) {
+    for (i, o) in outputs.iter().enumerate().filter(|(_, o)| by_name || alias(o).is_none()) {
         let listed = written.contains(&Some(o.name.as_str())) || has_probabilities && o.name == "classes";
         if !listed {
-            key(out, &o.name);
-            write_nested(out, &o.tensor, 0, 0)?;
+            key(sink.text(), &o.name);
+            sink.tensor(i, o, false)?;
         }
     }
-    out.push(b'}');
+    sink.text().push(b'}');
     Ok(())
 }
 
@@ -632,37 +689,288 @@ fn write_rows(
         if r > 0 {
             out.push(b',');
         }
-        out.push(b'[');
-        for (c, (feature, column)) in features.iter().zip(&table.columns).enumerate() {
-            if c > 0 {
-                out.push(b',');
-            }
-            if let Some(text) = echo.and_then(|(body, cells)| cells.cell(body, r, c)) {
-                out.extend_from_slice(text);
-                continue;
-            }
-            match column {
-                Column::Category(v) => write_str(out, &v[r]),
-                Column::OptionalCategory(v) => match &v[r] {
-                    Some(s) => write_str(out, s),
-                    None => out.extend_from_slice(b"null"),
-                },
-                Column::Numeric(v) => {
-                    let x = v[r];
-                    match feature.dtype {
-                        Dtype::Bool => out.extend_from_slice(if x != 0.0 { b"true" } else { b"false" }),
-                        Dtype::Int if x.fract() == 0.0 && x.abs() < 9.0e15 => {
-                            out.extend_from_slice(itoa::Buffer::new().format(x as i64).as_bytes())
-                        }
-                        _ => write_f64(out, x),
-                    }
-                }
-            }
-        }
-        out.push(b']');
+        write_row(out, table, features, echo, r);
     }
     out.push(b']');
     Ok(())
+}
+
+/// Row `r` of the echo.
+#[inline]
+fn write_row(
+    out: &mut Vec<u8>,
+    table: &Table,
+    features: &[mldeploy_model::Feature],
+    echo: Option<(&[u8], &EchoText)>,
+    r: usize,
+) {
+    out.push(b'[');
+    for (c, (feature, column)) in features.iter().zip(&table.columns).enumerate() {
+        if c > 0 {
+            out.push(b',');
+        }
+        if let Some(text) = echo.and_then(|(body, cells)| cells.cell(body, r, c)) {
+            out.extend_from_slice(text);
+            continue;
+        }
+        match column {
+            Column::Category(v) => write_str(out, &v[r]),
+            Column::OptionalCategory(v) => match &v[r] {
+                Some(s) => write_str(out, s),
+                None => out.extend_from_slice(b"null"),
+            },
+            Column::Numeric(v) => {
+                let x = v[r];
+                match feature.dtype {
+                    Dtype::Bool => out.extend_from_slice(if x != 0.0 { b"true" } else { b"false" }),
+                    Dtype::Int if x.fract() == 0.0 && x.abs() < 9.0e15 => {
+                        out.extend_from_slice(itoa::Buffer::new().format(x as i64).as_bytes())
+                    }
+                    _ => write_f64(out, x),
+                }
+            }
+        }
+    }
+    out.push(b']');
+}
+
+/// Answers whose size guess is at least this are written while they are sent, in chunks, so
+/// that the whole answer (3.4 times an iris request's body) is never in memory at once.
+const CHUNKED_FROM: usize = 1 << 20;
+
+/// The bytes one chunk of a chunked answer aims at.
+const CHUNK: usize = 64 * 1024;
+
+/// A part of a chunked answer.
+enum Part {
+    Text(Vec<u8>),
+    /// Output `index`, flat or nested.
+    Tensor {
+        index: usize,
+        flat: bool,
+    },
+    /// The echo's rows.
+    Rows,
+}
+
+/// A chunked answer's layout: its text, with a place for each tensor and for the rows.
+#[derive(Default)]
+struct Plan {
+    parts: Vec<Part>,
+    text: Vec<u8>,
+}
+
+impl Plan {
+    fn push(&mut self, part: Part) {
+        if !self.text.is_empty() {
+            self.parts.push(Part::Text(std::mem::take(&mut self.text)));
+        }
+        self.parts.push(part);
+    }
+}
+
+impl Plan {
+    fn finish(mut self) -> Vec<Part> {
+        if !self.text.is_empty() {
+            self.parts.push(Part::Text(self.text));
+        }
+        self.parts
+    }
+}
+
+impl TargetSink for Plan {
+    fn text(&mut self) -> &mut Vec<u8> {
+        &mut self.text
+    }
+
+    fn tensor(&mut self, index: usize, _: &Output, flat: bool) -> Result<(), serde_json::Error> {
+        self.push(Part::Tensor { index, flat });
+        Ok(())
+    }
+}
+
+/// What a chunked writer was not made of, given back.
+type Unstreamed = Box<(mldeploy_model::Response, Table, Option<(Bytes, EchoText)>)>;
+
+/// A large answer, written chunk by chunk from what it needs: the model's outputs, the rows
+/// (their values, or the request's text of them) and the parts' text. Each output, and the
+/// rows, are freed once written.
+struct Streamed {
+    parts: Vec<Part>,
+    /// The part being written, and how far (elements or rows written).
+    part: usize,
+    at: usize,
+    outputs: Vec<Output>,
+    /// For each output, the last part that writes it.
+    last_use: Vec<usize>,
+    table: Table,
+    features: Vec<mldeploy_model::Feature>,
+    echo: Option<(Bytes, EchoText)>,
+}
+
+impl Streamed {
+    /// The chunked writer of an answer [`write_body`] would write, when it has typed outputs
+    /// and echoes rows, and nothing in it can fail to serialise once begun (else `None`, and
+    /// the caller writes one buffer).
+    fn new(
+        entry: &ModelEntry,
+        parts: &Fragments,
+        response: mldeploy_model::Response,
+        table: Table,
+        route_topic: Option<&str>,
+        rejected: &[RowError],
+        echo: Option<(Bytes, EchoText)>,
+    ) -> Result<Streamed, Unstreamed> {
+        let typed = match &response.target {
+            Target::Outputs { outputs, .. } => {
+                outputs.iter().all(|o| !matches!(o.tensor.values, Values::Json(_)))
+            }
+            Target::Json(_) => false,
+        };
+        if !typed || response.input.is_some() {
+            return Err(Box::new((response, table, echo)));
+        }
+        let mut plan = Plan::default();
+        plan.text.extend_from_slice(b"{\"target\":");
+        if let Target::Outputs { outputs, by_name } = &response.target {
+            // Cannot fail: the plan only takes text.
+            let _ = write_outputs(&mut plan, outputs, *by_name, parts.classes.as_deref());
+        }
+        plan.text.extend_from_slice(b",\"input\":");
+        plan.push(Part::Rows);
+        if write_tail(&mut plan.text, parts, &response, route_topic, rejected).is_err() {
+            return Err(Box::new((response, table, echo)));
+        }
+        let parts_of_plan = plan.finish();
+        let Target::Outputs { outputs, .. } = response.target else { unreachable!("checked above") };
+        let mut last_use = vec![usize::MAX; outputs.len()];
+        for (at, part) in parts_of_plan.iter().enumerate() {
+            if let Part::Tensor { index, .. } = part {
+                last_use[*index] = at;
+            }
+        }
+        let mut table = table;
+        // The writer reads neither the rows' request positions nor a column whose every
+        // cell is copied from the request.
+        table.source_rows = Vec::new();
+        if let Some((_, cells)) = &echo {
+            for (c, column) in table.columns.iter_mut().enumerate() {
+                if cells.copies_column(c) {
+                    *column = Column::Numeric(Vec::new());
+                }
+            }
+        }
+        Ok(Streamed {
+            parts: parts_of_plan,
+            part: 0,
+            at: 0,
+            outputs,
+            last_use,
+            table,
+            features: entry.info().features.clone(),
+            echo,
+        })
+    }
+
+    /// The next chunk: about `limit` bytes (a row or element is never split), `None` at the
+    /// end.
+    fn next_chunk(&mut self, limit: usize) -> Option<Bytes> {
+        let mut out = Vec::with_capacity(limit + limit / 4);
+        while out.len() < limit && self.part < self.parts.len() {
+            let done = match &self.parts[self.part] {
+                Part::Text(text) => {
+                    out.extend_from_slice(text);
+                    true
+                }
+                &Part::Tensor { index, flat } => self.tensor(&mut out, index, flat, limit),
+                Part::Rows => self.rows(&mut out, limit),
+            };
+            if done {
+                self.finish_part();
+            }
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
+    /// Free what the part just written was the last to need, and go on to the next.
+    fn finish_part(&mut self) {
+        match self.parts[self.part] {
+            Part::Text(_) => {}
+            Part::Tensor { index, .. } => {
+                if self.last_use[index] == self.part {
+                    self.outputs[index].tensor.values = Values::Bool(Vec::new());
+                }
+            }
+            Part::Rows => {
+                self.table.columns = Vec::new();
+                self.echo = None;
+            }
+        }
+        self.part += 1;
+        self.at = 0;
+    }
+
+    /// Write more of a tensor; whether it is complete.
+    fn tensor(&mut self, out: &mut Vec<u8>, index: usize, flat: bool, limit: usize) -> bool {
+        let tensor = &self.outputs[index].tensor;
+        let n = tensor.values.len();
+        let flat_shape = [n];
+        let dims: &[usize] = if flat { &flat_shape } else { &tensor.shape };
+        if dims.is_empty() || n == 0 || dims.iter().product::<usize>() != n {
+            // A scalar, an empty or an irregular tensor: whole, as the one-buffer writer does.
+            let _ = if flat { write_flat(out, &tensor.values) } else { write_nested(out, tensor, 0, 0) };
+            return true;
+        }
+        let depth = dims.len();
+        while self.at < n && out.len() < limit {
+            let i = self.at;
+            if i == 0 {
+                out.extend(std::iter::repeat_n(b'[', depth));
+            } else {
+                // The lists that end before element i (innermost first) close and reopen.
+                let mut block = 1;
+                let mut k = 0;
+                for &d in dims[1..].iter().rev() {
+                    block *= d;
+                    if !i.is_multiple_of(block) {
+                        break;
+                    }
+                    k += 1;
+                }
+                out.extend(std::iter::repeat_n(b']', k));
+                out.push(b',');
+                out.extend(std::iter::repeat_n(b'[', k));
+            }
+            // Cannot fail: JSON values do not come this way.
+            let _ = write_value(out, &tensor.values, i);
+            self.at += 1;
+        }
+        if self.at < n {
+            return false;
+        }
+        out.extend(std::iter::repeat_n(b']', depth));
+        true
+    }
+
+    /// Write more rows of the echo; whether they are complete.
+    fn rows(&mut self, out: &mut Vec<u8>, limit: usize) -> bool {
+        let table = &self.table;
+        let echo = self.echo.as_ref().map(|(body, cells)| (&body[..], cells));
+        if table.n_rows == 0 {
+            out.extend_from_slice(b"[]");
+            return true;
+        }
+        while self.at < table.n_rows && out.len() < limit {
+            out.push(if self.at == 0 { b'[' } else { b',' });
+            write_row(out, table, &self.features, echo, self.at);
+            self.at += 1;
+        }
+        if self.at < table.n_rows {
+            return false;
+        }
+        out.push(b']');
+        true
+    }
 }
 
 #[cfg(test)]
@@ -716,6 +1024,55 @@ mod tests {
         let expected = serde_json::to_vec(&Body::new(entry, response, table, topic, rejected)).unwrap();
         let written = write_body(entry, &parts, response, table, topic, rejected, None).unwrap();
         assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected).unwrap());
+        if let Some(table) = table {
+            streamed_same(entry, response, table, topic, rejected, None);
+        }
+    }
+
+    /// The chunked writer gives the one-buffer writer's bytes, wherever the chunks end; or it
+    /// declines the answer (JSON targets, an `input` of the model's own).
+    fn streamed_same(
+        entry: &ModelEntry,
+        response: &Response,
+        table: &Table,
+        topic: Option<&str>,
+        rejected: &[RowError],
+        echo: Option<(&[u8], &EchoText)>,
+    ) {
+        let parts = Fragments::new(entry);
+        let whole = write_body(entry, &parts, response, Some(table), topic, rejected, echo).unwrap();
+        let typed = match &response.target {
+            Target::Outputs { outputs, .. } => {
+                outputs.iter().all(|o| !matches!(o.tensor.values, Values::Json(_)))
+            }
+            Target::Json(_) => false,
+        };
+        for limit in [1, 2, 3, 7, 64, 1000, 1 << 20] {
+            let echo = echo.map(|(body, cells)| (Bytes::copy_from_slice(body), cells.clone()));
+            let streamed =
+                Streamed::new(entry, &parts, response.clone(), table.clone(), topic, rejected, echo);
+            let mut streamed = match streamed {
+                Ok(streamed) => streamed,
+                Err(_) => {
+                    assert!(!typed || response.input.is_some(), "a typed answer was declined");
+                    return;
+                }
+            };
+            assert!(typed && response.input.is_none(), "an answer that must go whole was streamed");
+            let mut out = Vec::new();
+            let mut chunks = 0;
+            while let Some(chunk) = streamed.next_chunk(limit) {
+                assert!(!chunk.is_empty());
+                out.extend_from_slice(&chunk);
+                chunks += 1;
+                assert!(chunks <= whole.len() + 1, "the chunks do not end");
+            }
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                String::from_utf8(whole.clone()).unwrap(),
+                "limit {limit}"
+            );
+        }
     }
 
     #[test]
@@ -819,5 +1176,57 @@ mod tests {
             write_body(entry, &parts, &response, Some(&rows.table), None, &[], Some((body, &rows.echo)))
                 .unwrap();
         assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected).unwrap());
+    }
+
+    #[test]
+    fn chunked_answers_are_the_one_buffer_answers() {
+        let models = registry(vec![feature("a", Dtype::Float), feature("b", Dtype::Int)], json!(["n", "p"]));
+        let entry = models.get(0);
+        // Cells copied from the request and cells formatted (1e2, -0, 2.50, 7.0), many rows.
+        let cells = ["5.1, 3", "1e2, -0", "0.30000000000000004, 12", "2.50, 7.0", "-0.001, 8"];
+        let rows: Vec<String> = (0..23).map(|i| format!("[{}]", cells[i % cells.len()])).collect();
+        let body = format!("{{\"data\": [{}]}}", rows.join(", "));
+        let schema = Schema::new(entry.info().features.clone());
+        let decoded = fast::decode(&schema, body.as_bytes()).unwrap();
+        let n = decoded.table.n_rows;
+        let labels = ClassLabels::new(vec![json!("n"), json!("p")]);
+        let mut column = Tensor::fp64((0..n).map(|i| i as f64 * 0.5).collect());
+        column.shape = vec![n, 1];
+        let cube =
+            Tensor { shape: vec![n, 2, 3], ..Tensor::fp64((0..n * 6).map(|i| i as f64 / 7.0).collect()) };
+        let shapes = [
+            vec![
+                output("predict", Role::Labels, labels.tensor(&(0..n).map(|i| i % 2).collect::<Vec<_>>())),
+                output(
+                    "predict_proba",
+                    Role::Probabilities,
+                    Tensor::fp64_matrix((0..2 * n).map(|i| (i % 5) as f64 / 4.0).collect(), 2),
+                ),
+            ],
+            vec![output("variable", Role::Values, column), output("cube", Role::Other, cube)],
+            vec![output("empty", Role::Other, Tensor { shape: vec![0, 2], ..Tensor::fp64(vec![]) })],
+        ];
+        for outputs in shapes {
+            for by_name in [false, true] {
+                let mut response = Response {
+                    target: Target::Outputs { outputs: outputs.clone(), by_name },
+                    ..Response::default()
+                };
+                streamed_same(
+                    entry,
+                    &response,
+                    &decoded.table,
+                    None,
+                    &[],
+                    Some((body.as_bytes(), &decoded.echo)),
+                );
+                streamed_same(entry, &response, &decoded.table, None, &[], None);
+                response.list_metrics = vec![MetricValue::gauge("F1", 0.5)];
+                response.topics = vec!["t".into()];
+                let rejected =
+                    vec![RowError { row: Some(3), feature: None, reason: "r".into(), message: "m".into() }];
+                streamed_same(entry, &response, &decoded.table, Some("predict"), &rejected, None);
+            }
+        }
     }
 }

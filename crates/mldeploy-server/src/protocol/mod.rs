@@ -62,8 +62,23 @@ pub(crate) struct Reply {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The request body read for it was large (the worker returns memory after such exchanges).
     pub large_request: bool,
-    /// The model the request was about (its registry index), for the metric labels.
-    pub model: Option<usize>,
+    /// The model the request was about (its registry index), for the metric labels. A `u32`
+    /// keeps `Reply` small enough to travel in `Result`s by value.
+    pub model: Option<u32>,
+    /// A large answer written while it is sent (then `body` is empty): chunked, without a
+    /// Content-Length.
+    pub chunks: Option<Box<Chunks>>,
+}
+
+/// An answer body produced chunk by chunk as the connection takes it: each call gives the next
+/// chunk, `None` once the answer is complete. Only answers that cannot fail once begun are sent
+/// this way (a failure must answer 500 before any byte of a 200 goes out).
+pub(crate) struct Chunks(pub Box<dyn FnMut() -> Option<Bytes> + Send>);
+
+impl std::fmt::Debug for Chunks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Chunks")
+    }
 }
 
 impl Reply {
@@ -77,6 +92,7 @@ impl Reply {
             headers: Vec::new(),
             large_request: false,
             model: None,
+            chunks: None,
         }
     }
 
@@ -100,7 +116,7 @@ impl Reply {
 
     /// Label the answer with the model it concerned.
     pub(crate) fn for_model(mut self, model: usize) -> Reply {
-        self.model = Some(model);
+        self.model = u32::try_from(model).ok();
         self
     }
 }
