@@ -64,9 +64,7 @@ fn demo_sample(server: &Server) -> String {
 }
 
 fn wait_workers(server: &Server, n: usize) -> Vec<i32> {
-    let ok = wait_until(Duration::from_secs(30), || server.worker_pids().len() == n);
-    assert!(ok, "expected {n} workers, have {:?}\n{}", server.worker_pids(), server.output());
-    server.worker_pids()
+    server.wait_ready_workers(n, Duration::from_secs(30))
 }
 
 /// `n` predictions, each on a fresh connection, from 8 client threads; returns the pids of the

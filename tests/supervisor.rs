@@ -29,9 +29,7 @@ fn metric_sum(text: &str, name: &str) -> f64 {
 
 /// Wait until the master has exactly `n` live workers.
 fn wait_workers(server: &Server, n: usize) -> Vec<i32> {
-    let ok = wait_until(Duration::from_secs(30), || server.worker_pids().len() == n);
-    assert!(ok, "expected {n} workers, have {:?}\n{}", server.worker_pids(), server.output());
-    server.worker_pids()
+    server.wait_ready_workers(n, Duration::from_secs(30))
 }
 
 /// Keep `clients` keep-alive connections busy with predictions until `stop` is set; count

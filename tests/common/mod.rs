@@ -184,6 +184,23 @@ impl Server {
         children_of(self.pid())
     }
 
+    /// Wait (at most `limit`) until the master has `n` workers, each reported ready in the
+    /// master's log; their PIDs. A worker killed before it is ready is a boot failure, which
+    /// stops the server, so tests that kill workers wait for this.
+    pub fn wait_ready_workers(&self, n: usize, limit: Duration) -> Vec<i32> {
+        let ok = wait_until(limit, || {
+            let pids = self.worker_pids();
+            let out = self.output();
+            pids.len() == n
+                && pids.iter().all(|pid| {
+                    let named = format!("pid: {pid}, ");
+                    out.lines().any(|l| l.contains(" worker ready, ") && l.contains(&named))
+                })
+        });
+        assert!(ok, "expected {n} ready workers, have {:?}\n{}", self.worker_pids(), self.output());
+        self.worker_pids()
+    }
+
     /// Wait for the master to exit, at most `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         if self.exited.is_some() {
