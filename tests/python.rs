@@ -73,17 +73,9 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
 /// Waits until `n` workers run and each has loaded its model and serves (its own "serving" line):
 /// a worker still inside `load()` is not yet one of them.
 fn wait_workers(server: &Server, n: usize) -> HashSet<i32> {
-    let ok = wait_until(Duration::from_secs(60), || {
-        let pids = server.worker_pids();
-        let out = server.output();
-        pids.len() == n
-            && pids.iter().all(|pid| {
-                let process = format!("process: {pid}");
-                out.lines().any(|l| l.contains(" INFO serving, ") && l.ends_with(&process))
-            })
-    });
-    assert!(ok, "expected {n} workers: {:?}\n{}", server.worker_pids(), server.output());
-    server.worker_pids().into_iter().collect()
+    let serving =
+        |line: &str, pid: i32| line.contains(" INFO serving, ") && line.ends_with(&format!("process: {pid}"));
+    server.wait_workers_logged(n, Duration::from_secs(60), serving).into_iter().collect()
 }
 
 /// Each call as served and as the class answers it in Python: `[(served, own)]`.

@@ -188,16 +188,25 @@ impl Server {
     /// master's log; their PIDs. A worker killed before it is ready is a boot failure, which
     /// stops the server, so tests that kill workers wait for this.
     pub fn wait_ready_workers(&self, n: usize, limit: Duration) -> Vec<i32> {
+        self.wait_workers_logged(n, limit, |line, pid| {
+            line.contains(" worker ready, ") && line.contains(&format!("pid: {pid}, "))
+        })
+    }
+
+    /// Wait (at most `limit`) until the master has `n` workers and, for each, a log line
+    /// for which `names(line, pid)` holds; their PIDs.
+    pub fn wait_workers_logged(
+        &self,
+        n: usize,
+        limit: Duration,
+        names: impl Fn(&str, i32) -> bool,
+    ) -> Vec<i32> {
         let ok = wait_until(limit, || {
             let pids = self.worker_pids();
             let out = self.output();
-            pids.len() == n
-                && pids.iter().all(|pid| {
-                    let named = format!("pid: {pid}, ");
-                    out.lines().any(|l| l.contains(" worker ready, ") && l.contains(&named))
-                })
+            pids.len() == n && pids.iter().all(|&pid| out.lines().any(|l| names(l, pid)))
         });
-        assert!(ok, "expected {n} ready workers, have {:?}\n{}", self.worker_pids(), self.output());
+        assert!(ok, "expected {n} workers, have {:?}\n{}", self.worker_pids(), self.output());
         self.worker_pids()
     }
 
