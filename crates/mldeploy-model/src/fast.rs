@@ -21,10 +21,11 @@
 //!
 //! Numbers are converted exactly as serde_json (with `float_roundtrip`) converts them:
 //! integers through `u64`, others to the nearest `f64` (an exact product or quotient of two
-//! exact doubles when the digits allow, else the standard library's correctly rounded parse).
+//! exact doubles when the digits allow, else fast-float2's correctly rounded parse of the
+//! bytes).
 //!
-//! For the answer's echo of the rows, each cell remembers where its text starts in the body
-//! when that text is exactly what the echo would write for the value (see [`EchoText`]), so
+//! For the answer's echo of the rows, each cell remembers where its text is in the body
+//! (offset and length) when that text is exactly what the echo would write for the value (see [`EchoText`]), so
 //! the answer copies it instead of formatting the number again.
 
 use crate::schema::{Dtype, FeatureValues, Schema};

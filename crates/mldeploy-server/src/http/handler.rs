@@ -58,16 +58,11 @@ pub(crate) async fn handle(
     drop(in_flight);
     if server.ctx.settings.access_log {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        if reply.chunks.is_some() {
-            // A chunked answer's length is known only once it is sent.
-            info!(server.ctx.access_log, "request";
-                "remote" => %remote, "method" => parts.method.as_str(), "path" => path, "status" => status,
-                "bytes" => "chunked", "duration_ms" => seconds * 1000.0, "request_id" => id_text);
-        } else {
-            info!(server.ctx.access_log, "request";
-                "remote" => %remote, "method" => parts.method.as_str(), "path" => path, "status" => status,
-                "bytes" => bytes, "duration_ms" => seconds * 1000.0, "request_id" => id_text);
-        }
+        // A chunked answer's length is known only once it is sent: logged as none.
+        let bytes = reply.chunks.is_none().then_some(bytes);
+        info!(server.ctx.access_log, "request";
+            "remote" => %remote, "method" => parts.method.as_str(), "path" => path, "status" => status,
+            "bytes" => bytes, "duration_ms" => seconds * 1000.0, "request_id" => id_text);
     }
     let response = into_response(&server, state, seq, &parts, reply, id);
     server.request_completed();

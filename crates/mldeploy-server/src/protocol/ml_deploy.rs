@@ -214,29 +214,23 @@ fn answer(
     echo: Option<(Bytes, EchoText)>,
     id: &str,
 ) -> Reply {
-    let Predicted { response, table } = predicted;
+    let Predicted { mut response, table } = predicted;
     // With events on, the response lists the route's topic (ml-deploy's `predict`/`feedback`,
     // as configured), as ml-deploy did.
     let route_topic = cx.events.topic(kind);
     // The event needs the whole answer's bytes: answers with one are written in one buffer.
-    let (mut response, table, echo) = match table {
-        Some(table) if route_topic.is_none() && size_guess(&response, Some(&table)) >= CHUNKED_FROM => {
-            match Streamed::new(entry, parts, response, table, route_topic, rejected, echo) {
-                Ok(mut streamed) => {
-                    let chunks = Chunks(Box::new(move || streamed.next_chunk(CHUNK)));
-                    return Reply {
-                        chunks: Some(Box::new(chunks)),
-                        ..Reply::json(StatusCode::OK, Bytes::new())
-                    };
-                }
-                Err(back) => {
-                    let (response, table, echo) = *back;
-                    (response, Some(table), echo)
-                }
-            }
+    let chunked = route_topic.is_none()
+        && table.as_ref().is_some_and(|t| size_guess(&response, Some(t)) >= CHUNKED_FROM)
+        && streams(&response);
+    let mut tail = Vec::new();
+    // The tail is written before anything is sent: once a chunk is out, nothing may fail.
+    if chunked && write_tail(&mut tail, parts, &response, None, rejected).is_ok() {
+        if let Some(table) = table {
+            let mut streamed = Streamed::new(entry, parts, response, table, echo, tail);
+            let chunks = Chunks(Box::new(move || streamed.next_chunk(CHUNK)));
+            return Reply { chunks: Some(Box::new(chunks)), ..Reply::json(StatusCode::OK, Bytes::new()) };
         }
-        table => (response, table, echo),
-    };
+    }
     let echo = echo.as_ref().map(|(body, cells)| (&body[..], cells));
     let written = write_body(entry, parts, &response, table.as_ref(), route_topic, rejected, echo);
     // The table and the model's outputs are done with before the bytes go out.
@@ -767,9 +761,7 @@ impl Plan {
         }
         self.parts.push(part);
     }
-}
 
-impl Plan {
     fn finish(mut self) -> Vec<Part> {
         if !self.text.is_empty() {
             self.parts.push(Part::Text(self.text));
@@ -789,8 +781,17 @@ impl TargetSink for Plan {
     }
 }
 
-/// What a chunked writer was not made of, given back.
-type Unstreamed = Box<(mldeploy_model::Response, Table, Option<(Bytes, EchoText)>)>;
+/// Whether an answer can be written in chunks: typed outputs (JSON values are written whole,
+/// and could fail), the rows echoed (no `input` of the model's own).
+fn streams(response: &mldeploy_model::Response) -> bool {
+    response.input.is_none()
+        && match &response.target {
+            Target::Outputs { outputs, .. } => {
+                outputs.iter().all(|o| !matches!(o.tensor.values, Values::Json(_)))
+            }
+            Target::Json(_) => false,
+        }
+}
 
 /// A large answer, written chunk by chunk from what it needs: the model's outputs, the rows
 /// (their values, or the request's text of them) and the parts' text. Each output, and the
@@ -809,47 +810,36 @@ struct Streamed {
 }
 
 impl Streamed {
-    /// The chunked writer of an answer [`write_body`] would write, when it has typed outputs
-    /// and echoes rows, and nothing in it can fail to serialise once begun (else `None`, and
-    /// the caller writes one buffer).
+    /// The chunked writer of the answer [`write_body`] would write for a response that
+    /// [`streams`], its `tail` (from [`write_tail`]) already written.
     fn new(
         entry: &ModelEntry,
         parts: &Fragments,
         response: mldeploy_model::Response,
-        table: Table,
-        route_topic: Option<&str>,
-        rejected: &[RowError],
+        mut table: Table,
         echo: Option<(Bytes, EchoText)>,
-    ) -> Result<Streamed, Unstreamed> {
-        let typed = match &response.target {
-            Target::Outputs { outputs, .. } => {
-                outputs.iter().all(|o| !matches!(o.tensor.values, Values::Json(_)))
-            }
-            Target::Json(_) => false,
-        };
-        if !typed || response.input.is_some() {
-            return Err(Box::new((response, table, echo)));
-        }
+        tail: Vec<u8>,
+    ) -> Streamed {
         let mut plan = Plan::default();
         plan.text.extend_from_slice(b"{\"target\":");
-        if let Target::Outputs { outputs, by_name } = &response.target {
-            // Cannot fail: the plan only takes text.
-            let _ = write_outputs(&mut plan, outputs, *by_name, parts.classes.as_deref());
-        }
+        let outputs = match response.target {
+            Target::Outputs { outputs, by_name } => {
+                // Cannot fail: the plan only takes text.
+                let _ = write_outputs(&mut plan, &outputs, by_name, parts.classes.as_deref());
+                outputs
+            }
+            Target::Json(_) => Vec::new(),
+        };
         plan.text.extend_from_slice(b",\"input\":");
         plan.push(Part::Rows);
-        if write_tail(&mut plan.text, parts, &response, route_topic, rejected).is_err() {
-            return Err(Box::new((response, table, echo)));
-        }
+        plan.text.extend_from_slice(&tail);
         let parts_of_plan = plan.finish();
-        let Target::Outputs { outputs, .. } = response.target else { unreachable!("checked above") };
         let mut last_use = vec![usize::MAX; outputs.len()];
         for (at, part) in parts_of_plan.iter().enumerate() {
             if let Part::Tensor { index, .. } = part {
                 last_use[*index] = at;
             }
         }
-        let mut table = table;
         // The writer reads neither the rows' request positions nor a column whose every
         // cell is copied from the request.
         table.source_rows = Vec::new();
@@ -860,7 +850,7 @@ impl Streamed {
                 }
             }
         }
-        Ok(Streamed {
+        Streamed {
             parts: parts_of_plan,
             part: 0,
             at: 0,
@@ -869,7 +859,7 @@ impl Streamed {
             table,
             features: entry.info().features.clone(),
             echo,
-        })
+        }
     }
 
     /// The next chunk: about `limit` bytes (a row or element is never split), `None` at the
@@ -910,7 +900,7 @@ impl Streamed {
         self.at = 0;
     }
 
-    /// Write more of a tensor; whether it is complete.
+    /// Write more of a tensor, item by item along its first dimension; whether it is complete.
     fn tensor(&mut self, out: &mut Vec<u8>, index: usize, flat: bool, limit: usize) -> bool {
         let tensor = &self.outputs[index].tensor;
         let n = tensor.values.len();
@@ -921,56 +911,48 @@ impl Streamed {
             let _ = if flat { write_flat(out, &tensor.values) } else { write_nested(out, tensor, 0, 0) };
             return true;
         }
-        let depth = dims.len();
-        while self.at < n && out.len() < limit {
-            let i = self.at;
-            if i == 0 {
-                out.extend(std::iter::repeat_n(b'[', depth));
+        let stride = n / dims[0];
+        // Cannot fail: JSON values do not come this way.
+        list_items(out, &mut self.at, dims[0], limit, |out, i| {
+            let _ = if dims.len() == 1 {
+                write_value(out, &tensor.values, i)
             } else {
-                // The lists that end before element i (innermost first) close and reopen.
-                let mut block = 1;
-                let mut k = 0;
-                for &d in dims[1..].iter().rev() {
-                    block *= d;
-                    if !i.is_multiple_of(block) {
-                        break;
-                    }
-                    k += 1;
-                }
-                out.extend(std::iter::repeat_n(b']', k));
-                out.push(b',');
-                out.extend(std::iter::repeat_n(b'[', k));
-            }
-            // Cannot fail: JSON values do not come this way.
-            let _ = write_value(out, &tensor.values, i);
-            self.at += 1;
-        }
-        if self.at < n {
-            return false;
-        }
-        out.extend(std::iter::repeat_n(b']', depth));
-        true
+                write_nested(out, tensor, 1, i * stride)
+            };
+        })
     }
 
     /// Write more rows of the echo; whether they are complete.
     fn rows(&mut self, out: &mut Vec<u8>, limit: usize) -> bool {
-        let table = &self.table;
+        let (table, features) = (&self.table, &self.features);
         let echo = self.echo.as_ref().map(|(body, cells)| (&body[..], cells));
-        if table.n_rows == 0 {
-            out.extend_from_slice(b"[]");
-            return true;
-        }
-        while self.at < table.n_rows && out.len() < limit {
-            out.push(if self.at == 0 { b'[' } else { b',' });
-            write_row(out, table, &self.features, echo, self.at);
-            self.at += 1;
-        }
-        if self.at < table.n_rows {
-            return false;
-        }
-        out.push(b']');
-        true
+        list_items(out, &mut self.at, table.n_rows, limit, |out, r| write_row(out, table, features, echo, r))
     }
+}
+
+/// Write more items of a JSON list of `count` (`at` of them written before) until `out` holds
+/// `limit` bytes; whether the list is complete.
+fn list_items(
+    out: &mut Vec<u8>,
+    at: &mut usize,
+    count: usize,
+    limit: usize,
+    mut item: impl FnMut(&mut Vec<u8>, usize),
+) -> bool {
+    if count == 0 {
+        out.extend_from_slice(b"[]");
+        return true;
+    }
+    while *at < count && out.len() < limit {
+        out.push(if *at == 0 { b'[' } else { b',' });
+        item(out, *at);
+        *at += 1;
+    }
+    if *at < count {
+        return false;
+    }
+    out.push(b']');
+    true
 }
 
 #[cfg(test)]
@@ -1047,18 +1029,17 @@ mod tests {
             }
             Target::Json(_) => false,
         };
+        // Typed answers echoing the rows stream; the others go whole.
+        assert_eq!(streams(response), typed && response.input.is_none(), "declined or streamed wrongly");
+        if !streams(response) {
+            return;
+        }
+        let mut tail = Vec::new();
+        write_tail(&mut tail, &parts, response, topic, rejected).unwrap();
         for limit in [1, 2, 3, 7, 64, 1000, 1 << 20] {
             let echo = echo.map(|(body, cells)| (Bytes::copy_from_slice(body), cells.clone()));
-            let streamed =
-                Streamed::new(entry, &parts, response.clone(), table.clone(), topic, rejected, echo);
-            let mut streamed = match streamed {
-                Ok(streamed) => streamed,
-                Err(_) => {
-                    assert!(!typed || response.input.is_some(), "a typed answer was declined");
-                    return;
-                }
-            };
-            assert!(typed && response.input.is_none(), "an answer that must go whole was streamed");
+            let mut streamed =
+                Streamed::new(entry, &parts, response.clone(), table.clone(), echo, tail.clone());
             let mut out = Vec::new();
             let mut chunks = 0;
             while let Some(chunk) = streamed.next_chunk(limit) {
