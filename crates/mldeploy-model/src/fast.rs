@@ -75,6 +75,37 @@ impl EchoText {
         body.get(start..start + len)
     }
 
+    /// Append the text of cell (`row`, `col`) to `out` when it has one (see
+    /// [`EchoText::cell`]); whether it did.
+    #[inline]
+    pub fn copy_cell(&self, body: &[u8], row: usize, col: usize, out: &mut Vec<u8>) -> bool {
+        let Some(&word) = self.starts.get(row * self.n_cols + col) else {
+            return false;
+        };
+        if word == Self::FORMAT {
+            return false;
+        }
+        let start = (word as usize) & Self::OFFSET_LIMIT;
+        let len = (word >> Self::LEN_SHIFT) as usize;
+        // A text of up to 16 bytes (nearly every number) goes as a fixed 16 bytes, the excess
+        // cut off again: a copy of a known size is a few moves, one of `len` bytes a call.
+        if let Some(wide) = body.get(start..start + 16).and_then(|w| <&[u8; 16]>::try_from(w).ok()) {
+            if len <= 16 {
+                let end = out.len() + len;
+                out.extend_from_slice(wide);
+                out.truncate(end);
+                return true;
+            }
+        }
+        match body.get(start..start + len) {
+            Some(text) => {
+                out.extend_from_slice(text);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether every cell of column `col` has its text in the body (then the echo never needs
     /// the column's values).
     pub fn copies_column(&self, col: usize) -> bool {
@@ -112,6 +143,7 @@ pub fn decode(schema: &Schema, body: &[u8]) -> Option<FastRows> {
         s: body,
         i: 0,
         schema,
+        accepts: schema.features.iter().map(Accept::of).collect(),
         columns: vec![Vec::new(); n_cols],
         starts: Vec::new(),
         seen: Vec::new(),
@@ -140,6 +172,8 @@ struct Parser<'a> {
     s: &'a [u8],
     i: usize,
     schema: &'a Schema,
+    /// Per feature, what validation accepts.
+    accepts: Vec<Accept>,
     /// The values so far, one column per feature.
     columns: Vec<Vec<f64>>,
     /// Row-major echo offsets in schema order.
@@ -356,18 +390,28 @@ impl<'a> Parser<'a> {
     /// One array row: every feature's number, in schema order.
     fn array_row(&mut self) -> Option<()> {
         self.expect(b'[')?;
-        let schema = self.schema;
-        let n_cols = schema.features.len();
-        for (j, feature) in schema.features.iter().enumerate() {
-            self.ws();
-            let start = self.i;
-            let number = self.number()?;
-            let x = accept(feature, &number)?;
-            self.columns[j].push(x);
-            self.starts.push(echo_cell(feature.dtype, &number, start, self.i - start));
+        let s = self.s;
+        // The position in a local: the loop below is most of a request's decode.
+        let mut i = self.i;
+        let n_cols = self.columns.len();
+        for (j, (&check, column)) in self.accepts.iter().zip(&mut self.columns).enumerate() {
+            while let Some(b' ' | b'\n' | b'\r' | b'\t') = s.get(i) {
+                i += 1;
+            }
+            let start = i;
+            let number = number(s, &mut i)?;
+            column.push(check.value(&number)?);
+            self.starts.push(check.echo_cell(&number, start, i - start));
             let end = if j + 1 == n_cols { b']' } else { b',' };
-            self.expect(end)?;
+            while let Some(b' ' | b'\n' | b'\r' | b'\t') = s.get(i) {
+                i += 1;
+            }
+            if s.get(i) != Some(&end) {
+                return None;
+            }
+            i += 1;
         }
+        self.i = i;
         self.n_rows += 1;
         Some(())
     }
@@ -417,149 +461,160 @@ impl<'a> Parser<'a> {
         self.ws();
         let start = self.i;
         let number = self.number()?;
-        let feature = &features[j];
-        let x = accept(feature, &number)?;
+        let check = self.accepts[j];
+        let x = check.value(&number)?;
         if let Some(last) = self.columns[j].last_mut() {
             *last = x;
         }
         let at = self.starts.len() - features.len() + j;
-        self.starts[at] = echo_cell(feature.dtype, &number, start, self.i - start);
+        self.starts[at] = check.echo_cell(&number, start, self.i - start);
         Some(j)
     }
 
-    /// A JSON number (strict grammar), converted as serde_json converts it; `None` for
-    /// anything else, and for numbers whose conversion is left to the general path (very long
-    /// integers, non-finite results).
+    /// The number at the current position (see [`number`]).
     fn number(&mut self) -> Option<Number> {
-        let s = self.s;
-        let start = self.i;
-        let mut i = start;
-        let negative = s.get(i) == Some(&b'-');
-        if negative {
-            i += 1;
-        }
-        // The digits of the integer and fraction parts, in one integer: exact while it holds
-        // at most 19 significant digits (below 10^19 < 2^64), which `significant` tells.
-        let mut mantissa: u64 = 0;
-        let int_start = i;
-        match s.get(i)? {
-            b'0' => i += 1,
-            b'1'..=b'9' => i = digits_into(s, i, &mut mantissa),
-            _ => return None,
-        }
-        let int_len = i - int_start;
-        let int_is_zero = int_len == 1 && s[int_start] == b'0';
-        let has_frac = s.get(i) == Some(&b'.');
-        let mut frac = i..i;
-        if has_frac {
-            let frac_start = i + 1;
-            i = digits_into(s, frac_start, &mut mantissa);
-            if i == frac_start {
-                return None;
-            }
-            frac = frac_start..i;
-        }
-        let frac_len = frac.len();
-        // Exponent.
-        let mut exp: i64 = 0;
-        let has_exp = matches!(s.get(i), Some(b'e' | b'E'));
-        if has_exp {
-            i += 1;
-            let exp_negative = match s.get(i) {
-                Some(b'-') => {
-                    i += 1;
-                    true
-                }
-                Some(b'+') => {
-                    i += 1;
-                    false
-                }
-                _ => false,
-            };
-            let exp_start = i;
-            while let Some(&c @ b'0'..=b'9') = s.get(i) {
-                exp = exp * 10 + i64::from(c - b'0');
-                i += 1;
-                if i - exp_start > 4 {
-                    return None;
-                }
-            }
-            if i == exp_start {
-                return None;
-            }
-            if exp_negative {
-                exp = -exp;
-            }
-        }
-        self.i = i;
-        // Zeros before the first significant digit: only after "0." (an integer part other
-        // than "0" starts with a nonzero digit).
-        let frac_zeros_lead =
-            if int_is_zero { s[frac].iter().take_while(|&&c| c == b'0').count() } else { 0 };
-        let significant = if int_is_zero { frac_len - frac_zeros_lead } else { int_len + frac_len };
-        let exact = significant <= 19;
-        let e10 = exp - frac_len as i64;
-        let value = if !has_frac && !has_exp {
-            // An integer: serde_json keeps it as u64/i64 (exact) and converts with `as`
-            // (-0 becomes -0.0 there too).
-            if !exact {
-                return None;
-            }
-            let x = mantissa as f64;
-            if negative {
-                -x
-            } else {
-                x
-            }
-        } else if exact && mantissa < (1u64 << 53) && (-22..=22).contains(&e10) {
-            // Both operands are exact doubles: one correctly rounded operation.
-            let m = mantissa as f64;
-            let x = if e10 >= 0 { m * POW10[e10 as usize] } else { m / POW10[(-e10) as usize] };
-            if negative {
-                -x
-            } else {
-                x
-            }
-        } else {
-            // Correctly rounded, as serde_json's parse with `float_roundtrip`. fast-float2
-            // rather than `str::parse`: it reads the bytes as they are (no UTF-8 check) and
-            // took 14-18 ns per 17-digit number against 32-45 ns (numbers as numpy writes
-            // them are mostly 16-17 digits, beyond the exact product above).
-            fast_float2::parse::<f64, _>(&s[start..i]).ok()?
-        };
-        if !value.is_finite() {
+        number(self.s, &mut self.i)
+    }
+}
+
+/// The JSON number (strict grammar) at `*at` in `s`, converted as serde_json converts it, with
+/// `*at` moved past it; `None` for anything else, and for numbers whose conversion is left to
+/// the general path (very long integers, non-finite results).
+#[inline(always)]
+fn number(s: &[u8], at: &mut usize) -> Option<Number> {
+    let start = *at;
+    let mut i = start;
+    let negative = s.get(i) == Some(&b'-');
+    if negative {
+        i += 1;
+    }
+    // The digits of the integer and fraction parts, in one integer: exact while it holds
+    // at most 19 significant digits (below 10^19 < 2^64), which `significant` tells.
+    let mut mantissa: u64 = 0;
+    let int_start = i;
+    match s.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i = digits_into(s, i, &mut mantissa),
+        _ => return None,
+    }
+    let int_len = i - int_start;
+    let int_is_zero = int_len == 1 && s[int_start] == b'0';
+    let has_frac = s.get(i) == Some(&b'.');
+    let mut frac = i..i;
+    if has_frac {
+        let frac_start = i + 1;
+        i = digits_into(s, frac_start, &mut mantissa);
+        if i == frac_start {
             return None;
         }
-        // Significant digits of the text (at most 15 makes the text the shortest that reads
-        // back as this f64, so it is what serde_json writes when the notation matches too).
-        let sig_ok = significant <= 15;
-        let frac_last_zero = has_frac && s[i - 1] == b'0';
-        let float_text = has_frac
-            && !has_exp
-            && sig_ok
-            && if int_is_zero {
-                // 0.0 and -0.0; else 0.000ddd with at most 4 zeros after the point.
-                (frac_len == 1 && frac_last_zero) || (!frac_last_zero && frac_zeros_lead <= 4)
-            } else {
-                // ddd.0, or ddd.ddd without trailing zeros; at most 16 integer digits.
-                int_len <= 16 && (!frac_last_zero || frac_len == 1)
-            };
-        let int_text = !has_frac && !has_exp && sig_ok && int_len <= 15 && !(negative && mantissa == 0);
-        Some(Number { value, float_text, int_text })
+        frac = frac_start..i;
     }
+    let frac_len = frac.len();
+    // Exponent.
+    let mut exp: i64 = 0;
+    let has_exp = matches!(s.get(i), Some(b'e' | b'E'));
+    if has_exp {
+        i += 1;
+        let exp_negative = match s.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        let exp_start = i;
+        while let Some(&c @ b'0'..=b'9') = s.get(i) {
+            exp = exp * 10 + i64::from(c - b'0');
+            i += 1;
+            if i - exp_start > 4 {
+                return None;
+            }
+        }
+        if i == exp_start {
+            return None;
+        }
+        if exp_negative {
+            exp = -exp;
+        }
+    }
+    *at = i;
+    // Zeros before the first significant digit: only after "0." (an integer part other
+    // than "0" starts with a nonzero digit).
+    let frac_zeros_lead = if int_is_zero { s[frac].iter().take_while(|&&c| c == b'0').count() } else { 0 };
+    let significant = if int_is_zero { frac_len - frac_zeros_lead } else { int_len + frac_len };
+    let exact = significant <= 19;
+    let e10 = exp - frac_len as i64;
+    let value = if !has_frac && !has_exp {
+        // An integer: serde_json keeps it as u64/i64 (exact) and converts with `as`
+        // (-0 becomes -0.0 there too).
+        if !exact {
+            return None;
+        }
+        let x = mantissa as f64;
+        if negative {
+            -x
+        } else {
+            x
+        }
+    } else if exact && mantissa < (1u64 << 53) && (-22..=22).contains(&e10) {
+        // Both operands are exact doubles: one correctly rounded operation.
+        let m = mantissa as f64;
+        let x = if e10 >= 0 { m * POW10[e10 as usize] } else { m / POW10[(-e10) as usize] };
+        if negative {
+            -x
+        } else {
+            x
+        }
+    } else {
+        // Correctly rounded, as serde_json's parse with `float_roundtrip`. fast-float2
+        // rather than `str::parse`: it reads the bytes as they are (no UTF-8 check) and
+        // took 14-18 ns per 17-digit number against 32-45 ns (numbers as numpy writes
+        // them are mostly 16-17 digits, beyond the exact product above).
+        fast_float2::parse::<f64, _>(&s[start..i]).ok()?
+    };
+    if !value.is_finite() {
+        return None;
+    }
+    // Significant digits of the text (at most 15 makes the text the shortest that reads
+    // back as this f64, so it is what serde_json writes when the notation matches too).
+    let sig_ok = significant <= 15;
+    let frac_last_zero = has_frac && s[i - 1] == b'0';
+    let float_text = has_frac
+        && !has_exp
+        && sig_ok
+        && if int_is_zero {
+            // 0.0 and -0.0; else 0.000ddd with at most 4 zeros after the point.
+            (frac_len == 1 && frac_last_zero) || (!frac_last_zero && frac_zeros_lead <= 4)
+        } else {
+            // ddd.0, or ddd.ddd without trailing zeros; at most 16 integer digits.
+            int_len <= 16 && (!frac_last_zero || frac_len == 1)
+        };
+    let int_text = !has_frac && !has_exp && sig_ok && int_len <= 15 && !(negative && mantissa == 0);
+    Some(Number { value, float_text, int_text })
 }
 
 /// Reads the decimal digits from `i` on into `m` (`m * 10 + digit` for each, wrapping past
 /// 19 digits, where the caller stops trusting it); returns where the digits end.
+#[inline(always)]
 fn digits_into(s: &[u8], mut i: usize, m: &mut u64) -> usize {
-    // Eight digits per step while there are: numpy's numbers carry 16 to 17.
+    // Eight bytes at a time while there are eight: the digit run's length and value come from
+    // one word whatever its length, where a loop would take a step per digit.
     while let Some(chunk) = s.get(i..i + 8) {
         let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-        if !eight_digits_ahead(word) {
-            break;
+        let n = leading_digits(word);
+        if n == 8 {
+            *m = m.wrapping_mul(100_000_000).wrapping_add(eight_digits_value(word));
+            i += 8;
+            continue;
         }
-        *m = m.wrapping_mul(100_000_000).wrapping_add(eight_digits_value(word));
-        i += 8;
+        if n > 0 {
+            *m = m.wrapping_mul(POW10_U64[n]).wrapping_add(first_digits_value(word, n));
+        }
+        return i + n;
     }
     while let Some(&c) = s.get(i) {
         let d = c.wrapping_sub(b'0');
@@ -572,13 +627,27 @@ fn digits_into(s: &[u8], mut i: usize, m: &mut u64) -> usize {
     i
 }
 
-/// Whether all eight bytes of `word` (read little-endian) are ASCII digits: each byte's high
-/// nibble is 3 and adding 6 to each keeps it there (0x3a..=0x3f would carry into 4).
-fn eight_digits_ahead(word: u64) -> bool {
-    const HIGH: u64 = 0xf0f0_f0f0_f0f0_f0f0;
-    const THREES: u64 = 0x3030_3030_3030_3030;
-    word & HIGH == THREES && word.wrapping_add(0x0606_0606_0606_0606) & HIGH == THREES
+/// How many bytes of `word` (read little-endian), from the first on, are ASCII digits before
+/// the first other byte: 0 to 8.
+fn leading_digits(word: u64) -> usize {
+    // A digit byte less '0' is 0..=9: it does not wrap (high bit) and adding 0x76 stays below
+    // 0x80; every other byte sets its high bit one way or the other. Borrows and carries only
+    // run toward later bytes, so the first other byte is flagged exactly (flags after it may
+    // be wrong, and are not read).
+    let t = word.wrapping_sub(0x3030_3030_3030_3030);
+    let flags = (t | t.wrapping_add(0x7676_7676_7676_7676)) & 0x8080_8080_8080_8080;
+    (flags.trailing_zeros() / 8) as usize
 }
+
+/// The value of the first `n` (1 to 7) bytes of `word`, all ASCII digits: they move to the
+/// top of the word behind `8 - n` zeros ('0'), which leaves the value as it is.
+fn first_digits_value(word: u64, n: usize) -> u64 {
+    let shift = 8 * (8 - n as u32);
+    eight_digits_value((word << shift) | (0x3030_3030_3030_3030 >> (64 - shift)))
+}
+
+/// Powers of ten up to 10^8, as integers.
+const POW10_U64: [u64; 9] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000];
 
 /// The value of eight ASCII digits read little-endian (the first digit in the lowest byte):
 /// digits combined in pairs, then pairs into fours, then the two fours, in three multiplies.
@@ -600,31 +669,50 @@ const POW10: [f64; 23] = [
     1e19, 1e20, 1e21, 1e22,
 ];
 
-/// The value when validation accepts it for `feature` (finite, integral for `int`, within the
-/// range); `None` sends the request the general way, which names the problem.
-fn accept(feature: &crate::Feature, number: &Number) -> Option<f64> {
-    let x = number.value;
-    if feature.dtype == Dtype::Int && x.fract() != 0.0 {
-        return None;
-    }
-    if let Some(FeatureValues::Range { min, max }) = &feature.values {
-        if min.is_some_and(|lo| x < lo) || max.is_some_and(|hi| x > hi) {
-            return None;
-        }
-    }
-    Some(x)
+/// What validation accepts for one feature, in the form the decode loop tests fastest.
+#[derive(Debug, Clone, Copy)]
+struct Accept {
+    /// An `int` feature: the value must be integral, and its echo is the integer's digits.
+    int: bool,
+    /// The range, `-inf` and `+inf` when the feature has no bound.
+    min: f64,
+    max: f64,
 }
 
-/// The echo word of a cell whose text, `len` bytes at `start`, was read as `number`.
-fn echo_cell(dtype: Dtype, number: &Number, start: usize, len: usize) -> u32 {
-    let same = match dtype {
-        Dtype::Int => number.int_text,
-        _ => number.float_text,
-    };
-    if same {
-        EchoText::pack(start, len)
-    } else {
-        EchoText::FORMAT
+impl Accept {
+    fn of(feature: &crate::Feature) -> Accept {
+        let (min, max) = match &feature.values {
+            Some(FeatureValues::Range { min, max }) => (*min, *max),
+            _ => (None, None),
+        };
+        Accept {
+            int: feature.dtype == Dtype::Int,
+            min: min.unwrap_or(f64::NEG_INFINITY),
+            max: max.unwrap_or(f64::INFINITY),
+        }
+    }
+
+    /// The value when validation accepts it (finite, integral for `int`, within the range);
+    /// `None` sends the request the general way, which names the problem.
+    #[inline(always)]
+    fn value(self, number: &Number) -> Option<f64> {
+        let x = number.value;
+        // `x` is finite here. Every double of magnitude 2^53 or more is an integer; below,
+        // the round trip through `i64` truncates (one instruction, where `fract` is a call).
+        let integral = x.abs() >= 9_007_199_254_740_992.0 || (x as i64) as f64 == x;
+        let ok = (x >= self.min) & (x <= self.max) & (!self.int | integral);
+        ok.then_some(x)
+    }
+
+    /// The echo word of a cell whose text, `len` bytes at `start`, was read as `number`.
+    #[inline(always)]
+    fn echo_cell(self, number: &Number, start: usize, len: usize) -> u32 {
+        let same = if self.int { number.int_text } else { number.float_text };
+        if same {
+            EchoText::pack(start, len)
+        } else {
+            EchoText::FORMAT
+        }
     }
 }
 
@@ -823,6 +911,17 @@ mod tests {
         assert_eq!(echo.cell(body, 0, 0), Some(&b"12.5"[..]));
         assert_eq!(echo.cell(body, 0, 1), Some(&b"3"[..]));
         assert_eq!(echo.cell(body, 1, 0), None);
+        // Copied: as the cell's text, whether 16 bytes follow it in the body or not.
+        let long_body = b"[[12.5, 3], [1.25, 7777777777]]";
+        let words = [(2, 4), (8, 1), (14, 4), (20, 10)].map(|(s, l)| EchoText::pack(s, l)).to_vec();
+        let echo_long = EchoText { starts: words, n_cols: 2 };
+        for (row, col) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            let mut out = b"x".to_vec();
+            assert!(echo_long.copy_cell(long_body, row, col, &mut out));
+            let text = echo_long.cell(long_body, row, col).unwrap();
+            assert_eq!(&out[1..], text, "cell {row} {col}");
+        }
+        assert!(!echo_long.copy_cell(long_body, 2, 0, &mut Vec::new()));
         // Too far into the body, or too long: formatted.
         assert_eq!(EchoText::pack(EchoText::OFFSET_LIMIT, 3), EchoText::FORMAT);
         assert_eq!(EchoText::pack(EchoText::OFFSET_LIMIT - 1, 31), ((31 << 27) | ((1 << 27) - 2)));
@@ -830,7 +929,7 @@ mod tests {
     }
 
     #[test]
-    fn eight_digits_at_a_time_read_as_one_at_a_time() {
+    fn digit_runs_read_by_the_word_as_one_at_a_time() {
         let mut pick = 5u64;
         for _ in 0..20_000 {
             pick = pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -843,6 +942,7 @@ mod tests {
                         0 => b'/',
                         1 => b':',
                         2 => b'.',
+                        3 => r | 0x80,
                         _ => b'0' + r % 10,
                     }
                 })
@@ -858,8 +958,22 @@ mod tests {
         }
         assert_eq!(eight_digits_value(u64::from_le_bytes(*b"12345678")), 12_345_678);
         assert_eq!(eight_digits_value(u64::from_le_bytes(*b"99999999")), 99_999_999);
-        assert!(!eight_digits_ahead(u64::from_le_bytes(*b"1234567:")));
-        assert!(!eight_digits_ahead(u64::from_le_bytes(*b"/2345678")));
+        assert_eq!(leading_digits(u64::from_le_bytes(*b"1234567:")), 7);
+        assert_eq!(leading_digits(u64::from_le_bytes(*b"/2345678")), 0);
+        assert_eq!(leading_digits(u64::from_le_bytes(*b"12\xff45678")), 2);
+        assert_eq!(first_digits_value(u64::from_le_bytes(*b"1234567:"), 7), 1_234_567);
+        assert_eq!(first_digits_value(u64::from_le_bytes(*b"9]]]]]]]"), 1), 9);
+        // Every byte after a run of digits stops it, whatever the bytes after it.
+        for stop in (0..=255u8).filter(|b| !b.is_ascii_digit()) {
+            for len in 0..8 {
+                let mut text = *b"98765432";
+                text[len] = stop;
+                for later in &mut text[len + 1..] {
+                    *later = stop.wrapping_mul(31).wrapping_add(len as u8);
+                }
+                assert_eq!(leading_digits(u64::from_le_bytes(text)), len, "{text:?}");
+            }
+        }
     }
 
     #[test]

@@ -703,8 +703,7 @@ fn write_row(
         if c > 0 {
             out.push(b',');
         }
-        if let Some(text) = echo.and_then(|(body, cells)| cells.cell(body, r, c)) {
-            out.extend_from_slice(text);
+        if echo.is_some_and(|(body, cells)| cells.copy_cell(body, r, c, out)) {
             continue;
         }
         match column {
