@@ -699,9 +699,11 @@ impl Accept {
         let x = number.value;
         // `x` is finite here. Every double of magnitude 2^53 or more is an integer; below,
         // the round trip through `i64` truncates (one instruction, where `fract` is a call).
-        let integral = x.abs() >= 9_007_199_254_740_992.0 || (x as i64) as f64 == x;
-        let ok = (x >= self.min) & (x <= self.max) & (!self.int | integral);
-        ok.then_some(x)
+        let in_range = (x >= self.min) & (x <= self.max);
+        if !in_range || (self.int && !(x.abs() >= 9_007_199_254_740_992.0 || (x as i64) as f64 == x)) {
+            return None;
+        }
+        Some(x)
     }
 
     /// The echo word of a cell whose text, `len` bytes at `start`, was read as `number`.
