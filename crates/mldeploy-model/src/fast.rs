@@ -75,6 +75,26 @@ impl EchoText {
         body.get(start..start + len)
     }
 
+    /// Where row `row`'s text is in the body, `start..end`, when the echo of the whole row is
+    /// that text as it is: every cell has its text, and each follows the one before after
+    /// exactly one byte (the comma of a compact array row).
+    pub fn row_span(&self, row: usize) -> Option<std::ops::Range<usize>> {
+        let words = self.starts.get(row * self.n_cols..(row + 1) * self.n_cols)?;
+        let (&first, rest) = words.split_first()?;
+        if first == Self::FORMAT {
+            return None;
+        }
+        let start = (first as usize) & Self::OFFSET_LIMIT;
+        let mut end = start + (first >> Self::LEN_SHIFT) as usize;
+        for &word in rest {
+            if word == Self::FORMAT || (word as usize) & Self::OFFSET_LIMIT != end + 1 {
+                return None;
+            }
+            end += 1 + (word >> Self::LEN_SHIFT) as usize;
+        }
+        Some(start..end)
+    }
+
     /// Append the text of cell (`row`, `col`) to `out` when it has one (see
     /// [`EchoText::cell`]); whether it did.
     #[inline]
@@ -924,6 +944,15 @@ mod tests {
             assert_eq!(&out[1..], text, "cell {row} {col}");
         }
         assert!(!echo_long.copy_cell(long_body, 2, 0, &mut Vec::new()));
+        // A row is one span only when its cells are one comma apart.
+        let compact = b"[[12.5,3],[1.25, 7]]";
+        let words = [(2, 4), (7, 1), (11, 4), (17, 1)].map(|(s, l)| EchoText::pack(s, l)).to_vec();
+        let echo = EchoText { starts: words, n_cols: 2 };
+        assert_eq!(echo.row_span(0).map(|r| &compact[r]), Some(&b"12.5,3"[..]));
+        assert_eq!(echo.row_span(1), None);
+        assert_eq!(echo.row_span(2), None);
+        let one_formatted = EchoText { starts: vec![EchoText::pack(2, 4), EchoText::FORMAT], n_cols: 2 };
+        assert_eq!(one_formatted.row_span(0), None);
         // Too far into the body, or too long: formatted.
         assert_eq!(EchoText::pack(EchoText::OFFSET_LIMIT, 3), EchoText::FORMAT);
         assert_eq!(EchoText::pack(EchoText::OFFSET_LIMIT - 1, 31), ((31 << 27) | ((1 << 27) - 2)));

@@ -699,6 +699,14 @@ fn write_row(
     r: usize,
 ) {
     out.push(b'[');
+    // A compact row whose every cell is copied is copied whole.
+    if let Some((body, cells)) = echo {
+        if let Some(text) = cells.row_span(r).and_then(|span| body.get(span)) {
+            out.extend_from_slice(text);
+            out.push(b']');
+            return;
+        }
+    }
     for (c, (feature, column)) in features.iter().zip(&table.columns).enumerate() {
         if c > 0 {
             out.push(b',');
@@ -1145,17 +1153,23 @@ mod tests {
     fn echo_copies_the_request_text() {
         let models = registry(vec![feature("a", Dtype::Float), feature("b", Dtype::Int)], json!([0, 1]));
         let entry = models.get(0);
-        let body = br#"{"data": [[5.1, 3], [1e2, -0], [0.30000000000000004, 12], [2.50, 7.0]]}"#;
-        let schema = Schema::new(entry.info().features.clone());
-        let rows = fast::decode(&schema, body).unwrap();
-        let response = Response::default();
-        let parts = Fragments::new(entry);
-        let expected =
-            serde_json::to_vec(&Body::new(entry, &response, Some(&rows.table), None, &[])).unwrap();
-        let written =
-            write_body(entry, &parts, &response, Some(&rows.table), None, &[], Some((body, &rows.echo)))
-                .unwrap();
-        assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected).unwrap());
+        // Spaced rows (copied cell by cell) and compact ones (copied whole when every cell is).
+        let bodies: [&[u8]; 2] = [
+            br#"{"data": [[5.1, 3], [1e2, -0], [0.30000000000000004, 12], [2.50, 7.0]]}"#,
+            br#"{"data":[[5.1,3],[1e2,-0],[0.30000000000000004,12],[2.50,7],[0.5,7.0],[-1.25,-4]]}"#,
+        ];
+        for body in bodies {
+            let schema = Schema::new(entry.info().features.clone());
+            let rows = fast::decode(&schema, body).unwrap();
+            let response = Response::default();
+            let parts = Fragments::new(entry);
+            let expected =
+                serde_json::to_vec(&Body::new(entry, &response, Some(&rows.table), None, &[])).unwrap();
+            let written =
+                write_body(entry, &parts, &response, Some(&rows.table), None, &[], Some((body, &rows.echo)))
+                    .unwrap();
+            assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected).unwrap());
+        }
     }
 
     #[test]
