@@ -502,6 +502,78 @@ impl<'a> Parser<'a> {
 /// the general path (very long integers, non-finite results).
 #[inline(always)]
 fn number(s: &[u8], at: &mut usize) -> Option<Number> {
+    match short_number(s, *at) {
+        Some((number, end)) => {
+            *at = end;
+            Some(number)
+        }
+        None => any_number(s, at),
+    }
+}
+
+/// The eight bytes at `i`, read little-endian, when there are eight.
+#[inline(always)]
+fn word_at(s: &[u8], i: usize) -> Option<u64> {
+    let bytes: &[u8; 8] = s.get(i..i + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(*bytes))
+}
+
+/// The common number, at `start`: an optional `-`, 1 to 7 integer digits, optionally a `.` and
+/// 1 to 7 fraction digits, no exponent, with eight bytes to read at each part. Each part's
+/// length and value come from one word, and the value is one exact division. `None` (nothing
+/// read) for every other number, valid or not: [`any_number`] takes those. Its value and echo
+/// flags are [`any_number`]'s, which a test checks.
+#[inline(always)]
+fn short_number(s: &[u8], start: usize) -> Option<(Number, usize)> {
+    let negative = *s.get(start)? == b'-';
+    let int_start = start + usize::from(negative);
+    let word = word_at(s, int_start)?;
+    let int_len = leading_digits(word);
+    // A leading zero before more digits is not JSON: left to the general reader.
+    if int_len == 0 || int_len == 8 || (int_len > 1 && word as u8 == b'0') {
+        return None;
+    }
+    let int_value = first_digits_value(word, int_len);
+    let int_end = int_start + int_len;
+    let (value, float_text, int_text, end) = match s.get(int_end) {
+        Some(b'.') => {
+            let frac_word = word_at(s, int_end + 1)?;
+            let frac_len = leading_digits(frac_word);
+            if frac_len == 0 || frac_len == 8 {
+                return None;
+            }
+            let end = int_end + 1 + frac_len;
+            if matches!(s.get(end), Some(b'e' | b'E')) {
+                return None;
+            }
+            let frac_value = first_digits_value(frac_word, frac_len);
+            // At most 14 digits: below 2^53, so both operands are exact and the quotient is
+            // correctly rounded.
+            let mantissa = int_value * POW10_U64[frac_len] + frac_value;
+            let value = mantissa as f64 / POW10[frac_len];
+            // serde_json's own text for this value (see `any_number`): no trailing zero but
+            // in "d.0"; after "0.", at most four zeros before the first digit, or "0.0".
+            let last_zero = s[end - 1] == b'0';
+            let float_text = if int_len == 1 && int_value == 0 {
+                (frac_len == 1 && last_zero)
+                    || (!last_zero && (frac_len <= 4 || frac_value >= POW10_U64[frac_len - 5]))
+            } else {
+                !last_zero || frac_len == 1
+            };
+            (value, float_text, false, end)
+        }
+        Some(b'e' | b'E') => return None,
+        _ => {
+            let int_text = !(negative && int_value == 0);
+            (int_value as f64, false, int_text, int_end)
+        }
+    };
+    let value = if negative { -value } else { value };
+    Some((Number { value, float_text, int_text }, end))
+}
+
+/// Any JSON number (strict grammar) at `*at` in `s`; see [`number`].
+fn any_number(s: &[u8], at: &mut usize) -> Option<Number> {
     let start = *at;
     let mut i = start;
     let negative = s.get(i) == Some(&b'-');
@@ -1005,6 +1077,57 @@ mod tests {
                 assert_eq!(leading_digits(u64::from_le_bytes(text)), len, "{text:?}");
             }
         }
+    }
+
+    #[test]
+    fn short_numbers_read_as_any_number_reads_them() {
+        let mut pick = 7u64;
+        let mut next = |n: u64| {
+            pick = pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (pick >> 33) % n
+        };
+        let mut taken = 0;
+        for _ in 0..50_000 {
+            let digits = |len: u64, next: &mut dyn FnMut(u64) -> u64| -> String {
+                (0..len).map(|_| char::from(b'0' + next(10) as u8)).collect()
+            };
+            let mut text = String::new();
+            if next(3) == 0 {
+                text.push('-');
+            }
+            // Zeros often, to reach "0.", "0.000ddd", "d.0", trailing zeros and "-0".
+            let int_part = if next(3) == 0 { "0".to_string() } else { digits(1 + next(9), &mut next) };
+            text.push_str(&int_part);
+            if next(4) != 0 {
+                text.push('.');
+                let zeros = next(7) as usize;
+                text.push_str(&"0".repeat(zeros));
+                text.push_str(&digits(next(9), &mut next));
+                if next(4) == 0 {
+                    text.push('0');
+                }
+            }
+            if next(10) == 0 {
+                text.push_str(["e5", "E-3", "e+1"][next(3) as usize]);
+            }
+            text.push_str([",", "]", "]]}", ",1.5,2.25,3]"][next(4) as usize]);
+            let bytes = text.as_bytes();
+            let Some((short, end)) = short_number(bytes, 0) else {
+                continue;
+            };
+            taken += 1;
+            let mut at = 0;
+            let any = any_number(bytes, &mut at).unwrap_or_else(|| panic!("{text}: only the short reader"));
+            assert_eq!(end, at, "{text}");
+            assert_eq!(short.value.to_bits(), any.value.to_bits(), "{text}");
+            assert_eq!((short.float_text, short.int_text), (any.float_text, any.int_text), "{text}");
+        }
+        // A fair share of these are short numbers; the rest went to the general reader.
+        assert!(taken > 5_000, "{taken}");
+        assert!(short_number(b"17.99,1.5,2.25]", 0).is_some());
+        assert!(short_number(b"012,3456789", 0).is_none());
+        assert!(short_number(b"1.5e3,23456", 0).is_none());
+        assert!(short_number(b"1.5", 0).is_none());
     }
 
     #[test]
