@@ -85,14 +85,15 @@ enum LabelRule {
     ProbabilityArgmax,
 }
 
-fn argmax(row: &[f64]) -> usize {
+/// The index of the highest value (the first on ties).
+fn argmax(row: &[f64]) -> u32 {
     let mut best = 0;
     for (i, v) in row.iter().enumerate() {
         if *v > row[best] {
             best = i;
         }
     }
-    best
+    best as u32
 }
 
 impl EngineKinds for Dense {
@@ -269,13 +270,36 @@ impl Network {
         Forward { scores, activated }
     }
 
-    /// Run the rows of `inputs` (row-major `[n_rows, n_inputs]`) through every layer.
-    pub(crate) fn forward(&self, inputs: Vec<f64>, n_rows: usize) -> Result<Forward, Error> {
-        let macs = self.macs_per_row().max(1);
-        if n_rows.saturating_mul(macs) <= SMALL_BATCH_MACS {
+    /// Whether a batch of `batch` rows is computed in plain loops (else by candle).
+    fn is_small(&self, batch: usize) -> bool {
+        batch.saturating_mul(self.macs_per_row().max(1)) <= SMALL_BATCH_MACS
+    }
+
+    /// Rows per candle call of a large batch.
+    fn candle_block(&self) -> usize {
+        (BLOCK_MACS / self.macs_per_row().max(1)).max(1)
+    }
+
+    /// Rows per block of a batch of `batch` rows given to [`Network::forward`] one block at a
+    /// time: the whole of a small batch, and candle's own blocks of a large one (a candle
+    /// product's rounding may depend on its number of rows, so the blocks are those the whole
+    /// batch would be cut into).
+    fn block_rows(&self, batch: usize) -> usize {
+        if self.is_small(batch) {
+            batch.max(1)
+        } else {
+            self.candle_block()
+        }
+    }
+
+    /// Run the rows of `inputs` (row-major `[n_rows, n_inputs]`) through every layer: the
+    /// whole batch of `batch` rows, or one block of it as [`Network::block_rows`] cuts it. The
+    /// batch's size picks the arithmetic, so each block is computed as in the whole batch.
+    pub(crate) fn forward(&self, inputs: Vec<f64>, n_rows: usize, batch: usize) -> Result<Forward, Error> {
+        if self.is_small(batch) {
             return Ok(self.forward_small(&inputs, n_rows));
         }
-        let block = (BLOCK_MACS / macs).max(1);
+        let block = self.candle_block();
         if n_rows <= block {
             return self.forward_candle(inputs, n_rows);
         }
@@ -325,8 +349,12 @@ impl Network {
 }
 
 impl Engine for Network {
-    fn predict(&self, inputs: Vec<f64>, n_rows: usize) -> Result<Prediction, Error> {
-        let forward = self.forward(inputs, n_rows)?;
+    fn block_rows(&self, n_rows: usize) -> usize {
+        Network::block_rows(self, n_rows)
+    }
+
+    fn predict(&self, inputs: Vec<f64>, n_rows: usize, batch: usize) -> Result<Prediction, Error> {
+        let forward = self.forward(inputs, n_rows, batch)?;
         if self.rule == LabelRule::None {
             return Ok(Prediction {
                 n_rows,
@@ -340,10 +368,10 @@ impl Engine for Network {
         let probabilities: Vec<f64> =
             if k == 2 { activated.iter().flat_map(|&p| [1.0 - p, p]).collect() } else { activated };
         let labels = match self.rule {
-            LabelRule::ScoreSign => forward.scores.iter().map(|&s| usize::from(s > 0.0)).collect(),
+            LabelRule::ScoreSign => forward.scores.iter().map(|&s| u32::from(s > 0.0)).collect(),
             LabelRule::ScoreArgmax => forward.scores.chunks_exact(k).map(argmax).collect(),
             LabelRule::ProbabilityThreshold => {
-                probabilities.chunks_exact(2).map(|p| usize::from(p[1] > 0.5)).collect()
+                probabilities.chunks_exact(2).map(|p| u32::from(p[1] > 0.5)).collect()
             }
             LabelRule::ProbabilityArgmax | LabelRule::None => {
                 probabilities.chunks_exact(k).map(argmax).collect()
@@ -525,6 +553,29 @@ mod tests {
         Network { layers, hidden, output, n_inputs: widths[0], rule: LabelRule::None, n_classes: 0 }
     }
 
+    /// A batch computed one block at a time, as `block_rows` cuts it, gets every bit it got
+    /// computed whole.
+    #[test]
+    fn blocks_compute_as_the_whole_batch() {
+        // 3,200 multiply-adds a row: plain loops up to 20 rows, else candle blocks of 327.
+        let net = network(&[30, 100, 2], Activation::Relu, OutputActivation::Softmax);
+        for n_rows in [0, 1, 20, 21, 327, 328, 1000] {
+            let inputs: Vec<f64> = (0..n_rows * 30).map(|i| (i as f64 * 0.37).sin() * 3.0).collect();
+            let whole = net.forward(inputs.clone(), n_rows, n_rows).unwrap();
+            let block = net.block_rows(n_rows);
+            assert_eq!(block, if n_rows <= 20 { n_rows.max(1) } else { 327 });
+            let (mut scores, mut activated) = (Vec::new(), Vec::new());
+            for chunk in inputs.chunks(block * 30) {
+                let part = net.forward(chunk.to_vec(), chunk.len() / 30, n_rows).unwrap();
+                scores.extend(part.scores);
+                activated.extend(part.activated.unwrap());
+            }
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&scores), bits(&whole.scores), "{n_rows} rows");
+            assert_eq!(bits(&activated), bits(whole.activated.as_deref().unwrap()), "{n_rows} rows");
+        }
+    }
+
     #[test]
     fn plain_loops_match_candle() {
         let cases = [
@@ -541,7 +592,7 @@ mod tests {
                 let inputs: Vec<f64> =
                     (0..n_rows * widths[0]).map(|i| (i as f64 * 0.37).sin() * 3.0).collect();
                 let small = net.forward_small(&inputs, n_rows);
-                let blocks = net.forward(inputs.clone(), n_rows).unwrap();
+                let blocks = net.forward(inputs.clone(), n_rows, n_rows).unwrap();
                 let big = net.forward_candle(inputs, n_rows).unwrap();
                 // forward: plain loops, one candle call, or candle in blocks of rows.
                 assert_eq!(blocks.scores.len(), big.scores.len());
