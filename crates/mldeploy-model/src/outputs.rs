@@ -521,7 +521,7 @@ mod tests {
         let class_lists = [
             vec![json!(3), json!(-1), json!(7)],
             vec![json!(true), json!(false)],
-            vec![json!(0.5), json!(2), json!(-1e300)],
+            vec![json!(0.5), json!(2.5), json!(-1e300)],
             vec![json!("setosa"), json!("vers\"i\ncolor"), json!("é")],
             vec![json!("a"), json!(1), json!(null), json!({"k": [1]})],
         ];
