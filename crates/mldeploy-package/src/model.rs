@@ -157,12 +157,11 @@ impl PackageModel {
     pub fn predict_table(&self, table: &Table) -> Result<Prediction, Error> {
         self.preprocessor.check_table(table)?;
         let n_rows = table.n_rows;
-        let block = self.engine.block_rows(n_rows).max(1);
         let mut all = Prediction { n_rows: 0, labels: None, values: None, probabilities: None };
         let mut start = 0;
         // An empty table is one empty block: the engine says what an empty prediction holds.
         loop {
-            let end = n_rows.min(start + block);
+            let end = self.engine.block_end(n_rows, start).max(start + 1).min(n_rows);
             let inputs = self.preprocessor.matrix(table, start..end);
             all.append(self.engine.predict(inputs, end - start, n_rows)?, n_rows);
             start = end;

@@ -173,6 +173,11 @@ const SMALL_BATCH_MACS: usize = 64 * 1024;
 /// which bounds the size of the intermediate tensors (see [`Network::forward`]).
 const BLOCK_MACS: usize = 1 << 20;
 
+/// Rows per part of a large candle block (see [`Network::block_end`]): the parts' tensors are
+/// a few hundred kilobytes where a block's are megabytes (a softmax keeps several alive).
+/// A multiple of 64.
+const SUB_BLOCK_ROWS: usize = 4096;
+
 /// What a forward pass gives.
 #[derive(Debug, Clone)]
 pub(crate) struct Forward {
@@ -280,20 +285,28 @@ impl Network {
         (BLOCK_MACS / self.macs_per_row().max(1)).max(1)
     }
 
-    /// Rows per block of a batch of `batch` rows given to [`Network::forward`] one block at a
-    /// time: the whole of a small batch, and candle's own blocks of a large one (a candle
-    /// product's rounding may depend on its number of rows, so the blocks are those the whole
-    /// batch would be cut into).
-    fn block_rows(&self, batch: usize) -> usize {
+    /// Where the block of a batch of `batch` rows that starts at row `start` ends, for
+    /// [`Network::forward`] one block at a time: a small batch is one block; a large one is cut
+    /// as the whole batch is cut for candle (blocks of [`Network::candle_block`] rows from the
+    /// first), and a candle block of at least twice [`SUB_BLOCK_ROWS`] rows further into parts
+    /// of that many rows from its start, the last part taking the rest. Every product then has
+    /// more than 64 rows whenever the candle block had, and each row keeps its place modulo
+    /// 64, so the product computes each row as in the candle block (a test checks the bits).
+    fn block_end(&self, batch: usize, start: usize) -> usize {
         if self.is_small(batch) {
-            batch.max(1)
+            return batch;
+        }
+        let block = self.candle_block();
+        let block_end = batch.min((start / block + 1) * block);
+        if block_end - start >= 2 * SUB_BLOCK_ROWS {
+            start + SUB_BLOCK_ROWS
         } else {
-            self.candle_block()
+            block_end
         }
     }
 
     /// Run the rows of `inputs` (row-major `[n_rows, n_inputs]`) through every layer: the
-    /// whole batch of `batch` rows, or one block of it as [`Network::block_rows`] cuts it. The
+    /// whole batch of `batch` rows, or one block of it as [`Network::block_end`] cuts it. The
     /// batch's size picks the arithmetic, so each block is computed as in the whole batch.
     pub(crate) fn forward(&self, inputs: Vec<f64>, n_rows: usize, batch: usize) -> Result<Forward, Error> {
         if self.is_small(batch) {
@@ -349,8 +362,8 @@ impl Network {
 }
 
 impl Engine for Network {
-    fn block_rows(&self, n_rows: usize) -> usize {
-        Network::block_rows(self, n_rows)
+    fn block_end(&self, batch: usize, start: usize) -> usize {
+        Network::block_end(self, batch, start)
     }
 
     fn predict(&self, inputs: Vec<f64>, n_rows: usize, batch: usize) -> Result<Prediction, Error> {
@@ -553,26 +566,46 @@ mod tests {
         Network { layers, hidden, output, n_inputs: widths[0], rule: LabelRule::None, n_classes: 0 }
     }
 
-    /// A batch computed one block at a time, as `block_rows` cuts it, gets every bit it got
-    /// computed whole.
+    /// A batch computed one block at a time, as `block_end` cuts it, gets every bit it got
+    /// computed whole (in candle's blocks): products of one output column, of one or two
+    /// inputs, of small and wide layers.
     #[test]
     fn blocks_compute_as_the_whole_batch() {
-        // 3,200 multiply-adds a row: plain loops up to 20 rows, else candle blocks of 327.
-        let net = network(&[30, 100, 2], Activation::Relu, OutputActivation::Softmax);
-        for n_rows in [0, 1, 20, 21, 327, 328, 1000] {
-            let inputs: Vec<f64> = (0..n_rows * 30).map(|i| (i as f64 * 0.37).sin() * 3.0).collect();
-            let whole = net.forward(inputs.clone(), n_rows, n_rows).unwrap();
-            let block = net.block_rows(n_rows);
-            assert_eq!(block, if n_rows <= 20 { n_rows.max(1) } else { 327 });
-            let (mut scores, mut activated) = (Vec::new(), Vec::new());
-            for chunk in inputs.chunks(block * 30) {
-                let part = net.forward(chunk.to_vec(), chunk.len() / 30, n_rows).unwrap();
-                scores.extend(part.scores);
-                activated.extend(part.activated.unwrap());
+        let cases = [
+            (vec![4, 3], Activation::Identity, OutputActivation::Softmax),
+            (vec![4, 1], Activation::Identity, OutputActivation::Logistic),
+            (vec![2, 3], Activation::Identity, OutputActivation::Softmax),
+            (vec![1, 1], Activation::Identity, OutputActivation::Identity),
+            (vec![9, 5, 1], Activation::Tanh, OutputActivation::Identity),
+            (vec![30, 100, 2], Activation::Relu, OutputActivation::Softmax),
+        ];
+        for (widths, hidden, output) in cases {
+            let net = network(&widths, hidden, output);
+            let (small, block) = (SMALL_BATCH_MACS / net.macs_per_row(), net.candle_block());
+            let mut sizes = vec![0, 1, small, small + 1, block - 1, block, block + 1, block + 70];
+            sizes.extend([2 * block + 2 * SUB_BLOCK_ROWS - 1, 2 * block + 2 * SUB_BLOCK_ROWS + 3]);
+            let n_in = widths[0];
+            for n_rows in sizes {
+                let inputs: Vec<f64> = (0..n_rows * n_in).map(|i| (i as f64 * 0.37).sin() * 3.0).collect();
+                let whole = net.forward(inputs.clone(), n_rows, n_rows).unwrap();
+                let (mut scores, mut activated, mut start) = (Vec::new(), Vec::new(), 0);
+                loop {
+                    let end = net.block_end(n_rows, start);
+                    assert!(end > start || n_rows == 0);
+                    let part =
+                        net.forward(inputs[start * n_in..end * n_in].to_vec(), end - start, n_rows).unwrap();
+                    scores.extend(part.scores);
+                    activated.extend(part.activated.unwrap_or_default());
+                    start = end;
+                    if start >= n_rows {
+                        break;
+                    }
+                }
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&scores), bits(&whole.scores), "{widths:?}, {n_rows} rows");
+                let whole_activated = whole.activated.unwrap_or_default();
+                assert_eq!(bits(&activated), bits(&whole_activated), "{widths:?}, {n_rows} rows");
             }
-            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&scores), bits(&whole.scores), "{n_rows} rows");
-            assert_eq!(bits(&activated), bits(whole.activated.as_deref().unwrap()), "{n_rows} rows");
         }
     }
 

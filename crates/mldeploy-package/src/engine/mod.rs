@@ -75,13 +75,14 @@ pub(crate) const BLOCK_ROWS: usize = 4096;
 /// matrix in turn and concatenates the predictions), so the input matrix of a large request
 /// never exists whole.
 pub(crate) trait Engine: Send + Sync + Debug {
-    /// Rows per block of a request of `n_rows` rows: every block but the last has this many.
-    fn block_rows(&self, _n_rows: usize) -> usize {
-        BLOCK_ROWS
+    /// Where the block of a request of `batch` rows that starts at row `start` (below `batch`,
+    /// or 0 for an empty request) ends: above `start` unless the request is empty.
+    fn block_end(&self, batch: usize, start: usize) -> usize {
+        batch.min(start + BLOCK_ROWS)
     }
 
     /// Compute the rows of `inputs`, row-major `[n_rows, n_inputs]` (`NaN` marks a missing
-    /// value, for kinds that take them): one block, as [`Engine::block_rows`] cuts them, of a
+    /// value, for kinds that take them): one block, as [`Engine::block_end`] cuts them, of a
     /// request of `batch` rows. An engine whose arithmetic depends on the batch computes each
     /// block exactly as it computed these rows in the whole batch, so blocks change no bit of
     /// an answer.
