@@ -428,7 +428,8 @@ mod tests {
     }
 
     /// Predicted block by block, a table gets the bits its whole input matrix gets in one call
-    /// (the demo's dense engine computes large batches in blocks of 87,381 rows).
+    /// (the demo's dense engine cuts large batches into candle blocks of 87,381 rows, and
+    /// those into parts of 4,096).
     #[test]
     fn blocks_predict_as_the_whole_matrix() {
         let model = crate::load_demo(&LoadContext::private()).unwrap();

@@ -52,7 +52,7 @@ impl Prediction {
         fn extend<T: Copy>(all: &mut Option<Vec<T>>, part: Option<Vec<T>>, rows: usize, total: usize) {
             let Some(part) = part else { return };
             let all = all.get_or_insert_with(|| {
-                let per_row = if rows == 0 { 0 } else { part.len() / rows };
+                let per_row = part.len().checked_div(rows).unwrap_or(0);
                 Vec::with_capacity(total.saturating_mul(per_row).max(part.len()))
             });
             all.extend_from_slice(&part);
