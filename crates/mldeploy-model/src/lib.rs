@@ -28,7 +28,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use outputs::{ClassLabels, Datatype, Output, Role, Target, Tensor, TensorSpec, Values};
+pub use outputs::{ClassIndexes, ClassLabels, Datatype, Output, Role, Target, Tensor, TensorSpec, Values};
 pub use schema::{Cell, CellColumn, Column, Dtype, Feature, FeatureValues, RowError, Schema, Table};
 pub use shared::{atomic_add_f64, SharedSlots};
 

@@ -8,7 +8,11 @@
 //!
 //! Storage is by class, not by width: every integer type is held in `i64`/`u64` and every float
 //! type in `f64` (an `f32` or `f16` converts exactly); [`Tensor::datatype`] keeps the declared
-//! type, so a protocol can write the exact width back.
+//! type, so a protocol can write the exact width back. A classifier's per-row labels are held
+//! as class indexes into one shared list of its classes ([`Values::Classes`]), not as one copy
+//! of a label per row; every protocol renders them as the labels they stand for.
+
+use std::sync::Arc;
 
 use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
@@ -121,6 +125,10 @@ pub enum Values {
     /// `BYTES` holding JSON values (labels of mixed types, maps): rendered as JSON in JSON
     /// answers and as their JSON text in binary ones.
     Json(Vec<Value>),
+    /// Class labels by index (see [`ClassIndexes`]): element `i` is the class at the `i`-th
+    /// index. It stands for the plain values [`ClassIndexes::expand`] gives, and is rendered
+    /// exactly as they are, in JSON and binary answers alike.
+    Classes(ClassIndexes),
 }
 
 impl Values {
@@ -133,6 +141,7 @@ impl Values {
             Values::Float(v) => v.len(),
             Values::Text(v) => v.len(),
             Values::Json(v) => v.len(),
+            Values::Classes(c) => c.indexes.len(),
         }
     }
 
@@ -150,6 +159,27 @@ impl Values {
             Values::Float(v) => serde_json::Number::from_f64(v[i]).map_or(Value::Null, Value::Number),
             Values::Text(v) => Value::String(v[i].clone()),
             Values::Json(v) => v[i].clone(),
+            Values::Classes(c) => c.classes.json_at(c.class_at(i)),
+        }
+    }
+
+    /// The elements at `indexes` (each below [`Values::len`]), in that order, as values of the
+    /// same variant.
+    pub fn select(&self, indexes: &[u32]) -> Values {
+        fn pick<T: Clone>(v: &[T], indexes: &[u32]) -> Vec<T> {
+            indexes.iter().map(|&i| v[i as usize].clone()).collect()
+        }
+        match self {
+            Values::Bool(v) => Values::Bool(pick(v, indexes)),
+            Values::Int(v) => Values::Int(pick(v, indexes)),
+            Values::Uint(v) => Values::Uint(pick(v, indexes)),
+            Values::Float(v) => Values::Float(pick(v, indexes)),
+            Values::Text(v) => Values::Text(pick(v, indexes)),
+            Values::Json(v) => Values::Json(pick(v, indexes)),
+            Values::Classes(c) => Values::Classes(ClassIndexes {
+                classes: c.classes.clone(),
+                indexes: pick(&c.indexes, indexes),
+            }),
         }
     }
 
@@ -162,7 +192,43 @@ impl Values {
             Values::Float(_) => s.serialize_unit(),
             Values::Text(v) => s.serialize_str(&v[i]),
             Values::Json(v) => v[i].serialize(s),
+            Values::Classes(c) => c.classes.serialize_at(c.class_at(i), s),
         }
+    }
+}
+
+/// Per-row class labels held as class indexes into one shared, typed list of the classes:
+/// four bytes per row whatever the labels are (a `String` per row took 24 bytes and an
+/// allocation). Made by
+/// [`ClassLabels::tensor`], so the classes are never themselves [`Values::Classes`] and every
+/// index is below their count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassIndexes {
+    /// The classes, shared by every tensor of one classifier.
+    classes: Arc<Values>,
+    /// Per element, the index of its class.
+    indexes: Vec<u32>,
+}
+
+impl ClassIndexes {
+    /// The classes the indexes point into.
+    pub fn classes(&self) -> &Values {
+        &self.classes
+    }
+
+    /// Per element, the index of its class among [`ClassIndexes::classes`].
+    pub fn indexes(&self) -> &[u32] {
+        &self.indexes
+    }
+
+    /// The index of element `i`'s class.
+    pub fn class_at(&self, i: usize) -> usize {
+        self.indexes[i] as usize
+    }
+
+    /// The labels as plain values, one per element: what this stands for.
+    pub fn expand(&self) -> Values {
+        self.classes.select(&self.indexes)
     }
 }
 
@@ -345,7 +411,8 @@ impl Target {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassLabels {
     classes: Vec<Value>,
-    typed: Values,
+    /// Never [`Values::Classes`]; shared with every labels tensor made.
+    typed: Arc<Values>,
 }
 
 impl ClassLabels {
@@ -362,7 +429,7 @@ impl ClassLabels {
         } else {
             Values::Json(classes.clone())
         };
-        ClassLabels { classes, typed }
+        ClassLabels { classes, typed: Arc::new(typed) }
     }
 
     /// The labels as the manifest wrote them.
@@ -382,26 +449,29 @@ impl ClassLabels {
 
     /// The datatype of a labels tensor.
     pub fn datatype(&self) -> Datatype {
-        match self.typed {
+        match *self.typed {
             Values::Bool(_) => Datatype::Bool,
             Values::Int(_) => Datatype::Int64,
             Values::Uint(_) => Datatype::Uint64,
             Values::Float(_) => Datatype::Fp64,
-            Values::Text(_) | Values::Json(_) => Datatype::Bytes,
+            Values::Text(_) | Values::Json(_) | Values::Classes(_) => Datatype::Bytes,
         }
     }
 
-    /// The labels of class indexes (each below [`ClassLabels::len`]) as a 1-D tensor.
-    pub fn tensor(&self, indexes: &[usize]) -> Tensor {
-        let values = match &self.typed {
-            Values::Bool(c) => Values::Bool(indexes.iter().map(|&i| c[i]).collect()),
-            Values::Int(c) => Values::Int(indexes.iter().map(|&i| c[i]).collect()),
-            Values::Uint(c) => Values::Uint(indexes.iter().map(|&i| c[i]).collect()),
-            Values::Float(c) => Values::Float(indexes.iter().map(|&i| c[i]).collect()),
-            Values::Text(c) => Values::Text(indexes.iter().map(|&i| c[i].clone()).collect()),
-            Values::Json(c) => Values::Json(indexes.iter().map(|&i| c[i].clone()).collect()),
-        };
-        Tensor { datatype: self.datatype(), shape: vec![indexes.len()], values }
+    /// The labels of class indexes as a 1-D tensor of [`Values::Classes`], which shares the
+    /// classes rather than copying a label per row.
+    ///
+    /// # Panics
+    ///
+    /// When an index is not below [`ClassLabels::len`] (an engine's bug).
+    pub fn tensor(&self, indexes: Vec<u32>) -> Tensor {
+        let n = self.len();
+        if let Some(bad) = indexes.iter().find(|&&i| i as usize >= n) {
+            panic!("class index {bad} of {n} classes");
+        }
+        let shape = vec![indexes.len()];
+        let values = Values::Classes(ClassIndexes { classes: self.typed.clone(), indexes });
+        Tensor { datatype: self.datatype(), shape, values }
     }
 }
 
@@ -432,16 +502,59 @@ mod tests {
     fn class_labels_keep_their_type() {
         let ints = ClassLabels::new(vec![json!(0), json!(1)]);
         assert_eq!(ints.datatype(), Datatype::Int64);
-        assert_eq!(serde_json::to_value(ints.tensor(&[1, 0]).nested()).unwrap(), json!([1, 0]));
+        assert_eq!(serde_json::to_value(ints.tensor(vec![1, 0]).nested()).unwrap(), json!([1, 0]));
         let names = ClassLabels::new(vec![json!("setosa"), json!("virginica")]);
         assert_eq!(names.datatype(), Datatype::Bytes);
-        assert_eq!(names.tensor(&[1]).values, Values::Text(vec!["virginica".into()]));
+        let Values::Classes(picked) = names.tensor(vec![1]).values else { panic!("labels by index") };
+        assert_eq!(picked.expand(), Values::Text(vec!["virginica".into()]));
         let floats = ClassLabels::new(vec![json!(0.5), json!(1)]);
         assert_eq!(floats.datatype(), Datatype::Fp64);
         let mixed = ClassLabels::new(vec![json!("a"), json!(1)]);
-        assert_eq!(serde_json::to_value(mixed.tensor(&[1, 0]).nested()).unwrap(), json!([1, "a"]));
+        assert_eq!(serde_json::to_value(mixed.tensor(vec![1, 0]).nested()).unwrap(), json!([1, "a"]));
         let bools = ClassLabels::new(vec![json!(false), json!(true)]);
         assert_eq!(bools.datatype(), Datatype::Bool);
+    }
+
+    /// Labels by index render exactly as the plain values they stand for, one label per row.
+    #[test]
+    fn labels_by_index_render_as_their_labels() {
+        let class_lists = [
+            vec![json!(3), json!(-1), json!(7)],
+            vec![json!(true), json!(false)],
+            vec![json!(0.5), json!(2.5), json!(-1e300)],
+            vec![json!("setosa"), json!("vers\"i\ncolor"), json!("é")],
+            vec![json!("a"), json!(1), json!(null), json!({"k": [1]})],
+        ];
+        for classes in class_lists {
+            let labels = ClassLabels::new(classes.clone());
+            let indexes: Vec<u32> = (0..11).map(|i| (i * 7 % classes.len()) as u32).collect();
+            let tensor = labels.tensor(indexes.clone());
+            let Values::Classes(by_index) = &tensor.values else { panic!("labels by index") };
+            assert_eq!(by_index.indexes(), &indexes[..]);
+            let plain = Tensor { values: by_index.expand(), ..tensor.clone() };
+            assert!(!matches!(plain.values, Values::Classes(_)));
+            assert_eq!(tensor.values.len(), plain.values.len());
+            assert_eq!(tensor.element_count(), 11);
+            let render = |t: &Tensor| {
+                (serde_json::to_string(&t.nested()).unwrap(), serde_json::to_string(&t.flat()).unwrap())
+            };
+            assert_eq!(render(&tensor), render(&plain), "{classes:?}");
+            let want: Vec<Value> = indexes.iter().map(|&i| classes[i as usize].clone()).collect();
+            assert_eq!(serde_json::to_value(tensor.nested()).unwrap(), Value::Array(want.clone()));
+            for (i, label) in want.iter().enumerate() {
+                assert_eq!(&tensor.values.json_at(i), label);
+            }
+            // Selecting keeps labels by index, sharing the classes.
+            let Values::Classes(some) = tensor.values.select(&[2, 0]) else { panic!("still by index") };
+            assert_eq!(some.indexes(), &[indexes[2], indexes[0]]);
+            assert_eq!(some.classes(), by_index.classes());
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "class index 2 of 2 classes")]
+    fn labels_by_index_refuse_an_unknown_class() {
+        ClassLabels::new(vec![json!("a"), json!("b")]).tensor(vec![0, 2]);
     }
 
     #[test]

@@ -150,12 +150,25 @@ impl PackageModel {
         &self.manifest
     }
 
-    /// Predict every row of `table`: the preprocessing builds one input matrix, the engine
-    /// computes the whole batch.
+    /// Predict every row of `table`, one block of rows at a time (as the engine cuts them):
+    /// the preprocessing builds a block's input matrix, the engine computes it, and the
+    /// blocks' predictions are concatenated. So the input matrix of a large request never
+    /// exists whole; the answer is the one the whole batch gets.
     pub fn predict_table(&self, table: &Table) -> Result<Prediction, Error> {
         self.preprocessor.check_table(table)?;
-        let inputs = self.preprocessor.matrix(table);
-        self.engine.predict(inputs, table.n_rows)
+        let n_rows = table.n_rows;
+        let mut all = Prediction { n_rows: 0, labels: None, values: None, probabilities: None };
+        let mut start = 0;
+        // An empty table is one empty block: the engine says what an empty prediction holds.
+        loop {
+            let end = self.engine.block_end(n_rows, start).max(start + 1).min(n_rows);
+            let inputs = self.preprocessor.matrix(table, start..end);
+            all.append(self.engine.predict(inputs, end - start, n_rows)?, n_rows);
+            start = end;
+            if start >= n_rows {
+                return Ok(all);
+            }
+        }
     }
 
     /// The typed outputs of a prediction: `predict` (labels or values) and, for classifiers,
@@ -171,7 +184,7 @@ impl PackageModel {
                 Output {
                     name: PREDICT.into(),
                     role: Role::Labels,
-                    tensor: classes.tensor(p.labels.as_deref().unwrap_or_default()),
+                    tensor: classes.tensor(p.labels.unwrap_or_default()),
                 },
                 Output {
                     name: PREDICT_PROBA.into(),
@@ -338,7 +351,7 @@ pub(crate) fn take_feedback(
                     .enumerate()
                     .map(|(i, v)| class_of("y_predict", i, v))
                     .collect::<Result<Vec<_>, _>>()?,
-                (None, Some(p)) => p.labels.clone().unwrap_or_default(),
+                (None, Some(p)) => p.labels.iter().flatten().map(|&k| k as usize).collect(),
                 (None, None) => unreachable!("predicted when not given"),
             };
             let pairs: Vec<(usize, usize)> = truth.into_iter().zip(guess).collect();
@@ -389,4 +402,52 @@ pub(crate) fn take_feedback(
         list_metrics: figures.map(|f| f.metric_values()).unwrap_or_default(),
         ..Response::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mldeploy_model::{Column, Values};
+
+    fn iris_rows(n_rows: usize) -> Table {
+        let column = |base: f64, spread: f64, step: usize| {
+            Column::Numeric(
+                (0..n_rows).map(|i| base + spread * ((i * step % 1000) as f64 / 1000.0)).collect(),
+            )
+        };
+        Table {
+            n_rows,
+            columns: vec![
+                column(4.3, 3.6, 7),
+                column(2.0, 2.4, 13),
+                column(1.0, 5.9, 29),
+                column(0.1, 2.4, 31),
+            ],
+            source_rows: (0..n_rows).collect(),
+        }
+    }
+
+    /// Predicted block by block, a table gets the bits its whole input matrix gets in one call
+    /// (the demo's dense engine cuts large batches into candle blocks of 87,381 rows, and
+    /// those into parts of 4,096).
+    #[test]
+    fn blocks_predict_as_the_whole_matrix() {
+        let model = crate::load_demo(&LoadContext::private()).unwrap();
+        for n_rows in [0, 1, 5000, 87_381, 87_382, 200_000] {
+            let table = iris_rows(n_rows);
+            let blocked = model.predict_table(&table).unwrap();
+            let whole =
+                model.engine.predict(model.preprocessor.matrix(&table, 0..n_rows), n_rows, n_rows).unwrap();
+            assert_eq!(blocked.n_rows, n_rows);
+            assert_eq!(blocked.labels, whole.labels, "{n_rows} rows");
+            let bits =
+                |p: &Prediction| p.probabilities.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&blocked), bits(&whole), "{n_rows} rows");
+            let outputs = model.outputs(blocked);
+            let Values::Classes(labels) = &outputs[0].tensor.values else { panic!("labels by index") };
+            assert_eq!(Some(labels.indexes()), whole.labels.as_deref());
+            assert_eq!(outputs[0].tensor.shape, vec![n_rows]);
+            assert_eq!(outputs[1].tensor.shape, vec![n_rows, 3]);
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! From a validated [`Table`] to the model's input matrix (row-major `[n_rows, n_inputs]`).
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use mldeploy_model::{Column, Dtype, Feature, Table};
 use serde_json::Value;
@@ -155,38 +156,40 @@ impl Preprocessor {
         Ok(())
     }
 
-    /// The row-major input matrix of `table` (checked by [`Preprocessor::check_table`]).
-    pub(crate) fn matrix(&self, table: &Table) -> Vec<f64> {
+    /// The row-major input matrix of rows `rows` of `table` (checked by
+    /// [`Preprocessor::check_table`]; `rows` within its rows).
+    pub(crate) fn matrix(&self, table: &Table, rows: Range<usize>) -> Vec<f64> {
         let width = self.n_inputs;
-        let mut out = vec![0.0; table.n_rows * width];
+        let first = rows.start;
+        let mut out = vec![0.0; rows.len() * width];
         for op in &self.ops {
             match op {
                 Op::Scale { feature, offset, mean, scale } => {
                     let Column::Numeric(values) = &table.columns[*feature] else { unreachable!("checked") };
-                    for (row, x) in values.iter().enumerate() {
+                    for (row, x) in values[rows.clone()].iter().enumerate() {
                         out[row * width + offset] = (x - mean) / scale;
                     }
                 }
                 Op::Pass { feature, offset } => {
                     let Column::Numeric(values) = &table.columns[*feature] else { unreachable!("checked") };
-                    for (row, x) in values.iter().enumerate() {
+                    for (row, x) in values[rows.clone()].iter().enumerate() {
                         out[row * width + offset] = *x;
                     }
                 }
                 Op::OneHot { feature, offset, categories } => {
                     let column = &table.columns[*feature];
-                    for row in 0..table.n_rows {
+                    for row in rows.clone() {
                         // An unknown or missing category leaves the row's columns at zero.
                         if let Some(k) = column.category(row).and_then(|text| categories.find(text)) {
-                            out[row * width + offset + k] = 1.0;
+                            out[(row - first) * width + offset + k] = 1.0;
                         }
                     }
                 }
                 Op::Ordinal { feature, offset, categories } => {
                     let column = &table.columns[*feature];
-                    for row in 0..table.n_rows {
+                    for row in rows.clone() {
                         let code = column.category(row).and_then(|text| categories.find(text));
-                        out[row * width + offset] = code.map_or(f64::NAN, |k| k as f64);
+                        out[(row - first) * width + offset] = code.map_or(f64::NAN, |k| k as f64);
                     }
                 }
             }

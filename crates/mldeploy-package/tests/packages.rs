@@ -139,7 +139,7 @@ fn mlp_classifiers_compute_the_forward_pass_for_every_activation() {
                     assert!(close(*g, *w), "{hidden}, {k} classes, row {row}: {got:?} vs {want:?}");
                 }
                 let best = (0..k).fold(0, |b, i| if want[i] > want[b] { i } else { b });
-                assert_eq!(p.labels.as_ref().unwrap()[row], best, "{hidden}, row {row}");
+                assert_eq!(p.labels.as_ref().unwrap()[row] as usize, best, "{hidden}, row {row}");
             }
         }
     }
@@ -190,14 +190,14 @@ fn regressors_and_logistic_regression_compute_their_formulas() {
         let p1 = 1.0 / (1.0 + (-z).exp());
         let probs = &p.probabilities.as_ref().unwrap()[row * 2..row * 2 + 2];
         assert!(close(probs[1], p1) && close(probs[0], 1.0 - p1), "row {row}");
-        assert_eq!(p.labels.as_ref().unwrap()[row], usize::from(z > 0.0));
+        assert_eq!(p.labels.as_ref().unwrap()[row], u32::from(z > 0.0));
     }
     let table = table_from_records(&model.manifest().features, &records());
     let response =
         mldeploy_model::Model::predict(&model, &PredictInput { table: Some(table), ..Default::default() })
             .unwrap();
     assert_eq!(mldeploy_model::Model::info(&model).outputs["classes"], json!(["no", "yes"]));
-    let labels: Vec<Value> = p.labels.unwrap().iter().map(|&i| json!(["no", "yes"][i])).collect();
+    let labels: Vec<Value> = p.labels.unwrap().iter().map(|&i| json!(["no", "yes"][i as usize])).collect();
     assert_eq!(output(&response, "predict").unwrap(), Value::Array(labels));
     assert_eq!(response.input, None, "the server echoes the validated rows");
     assert!(response.list_metrics.is_empty() && response.topics.is_empty());

@@ -85,14 +85,15 @@ enum LabelRule {
     ProbabilityArgmax,
 }
 
-fn argmax(row: &[f64]) -> usize {
+/// The index of the highest value (the first on ties).
+fn argmax(row: &[f64]) -> u32 {
     let mut best = 0;
     for (i, v) in row.iter().enumerate() {
         if *v > row[best] {
             best = i;
         }
     }
-    best
+    best as u32
 }
 
 impl EngineKinds for Dense {
@@ -171,6 +172,11 @@ const SMALL_BATCH_MACS: usize = 64 * 1024;
 /// Larger batches go through candle in blocks of rows of about this many multiply-adds,
 /// which bounds the size of the intermediate tensors (see [`Network::forward`]).
 const BLOCK_MACS: usize = 1 << 20;
+
+/// Rows per part of a large candle block (see [`Network::block_end`]): the parts' tensors are
+/// a few hundred kilobytes where a block's are megabytes (a softmax keeps several alive).
+/// A multiple of 64.
+const SUB_BLOCK_ROWS: usize = 4096;
 
 /// What a forward pass gives.
 #[derive(Debug, Clone)]
@@ -279,13 +285,44 @@ impl Network {
         Forward { scores, activated }
     }
 
-    /// Run the rows of `inputs` (row-major `[n_rows, n_inputs]`) through every layer.
-    pub(crate) fn forward(&self, inputs: Vec<f64>, n_rows: usize) -> Result<Forward, Error> {
-        let macs = self.macs_per_row().max(1);
-        if n_rows.saturating_mul(macs) <= SMALL_BATCH_MACS {
+    /// Whether a batch of `batch` rows is computed in plain loops (else by candle).
+    fn is_small(&self, batch: usize) -> bool {
+        batch.saturating_mul(self.macs_per_row().max(1)) <= SMALL_BATCH_MACS
+    }
+
+    /// Rows per candle call of a large batch.
+    fn candle_block(&self) -> usize {
+        (BLOCK_MACS / self.macs_per_row().max(1)).max(1)
+    }
+
+    /// Where the block of a batch of `batch` rows that starts at row `start` ends, for
+    /// [`Network::forward`] one block at a time: a small batch is one block; a large one is cut
+    /// as the whole batch is cut for candle (blocks of [`Network::candle_block`] rows from the
+    /// first), and a candle block of at least twice [`SUB_BLOCK_ROWS`] rows further into parts
+    /// of that many rows from its start, the last part taking the rest. Every product then has
+    /// more than 64 rows whenever the candle block had, and each row keeps its place modulo
+    /// 64, so the product computes each row as in the candle block (a test checks the bits).
+    fn block_end(&self, batch: usize, start: usize) -> usize {
+        if self.is_small(batch) {
+            return batch;
+        }
+        let block = self.candle_block();
+        let block_end = batch.min((start / block + 1) * block);
+        if block_end - start >= 2 * SUB_BLOCK_ROWS {
+            start + SUB_BLOCK_ROWS
+        } else {
+            block_end
+        }
+    }
+
+    /// Run the rows of `inputs` (row-major `[n_rows, n_inputs]`) through every layer: the
+    /// whole batch of `batch` rows, or one block of it as [`Network::block_end`] cuts it. The
+    /// batch's size picks the arithmetic, so each block is computed as in the whole batch.
+    pub(crate) fn forward(&self, inputs: Vec<f64>, n_rows: usize, batch: usize) -> Result<Forward, Error> {
+        if self.is_small(batch) {
             return Ok(self.forward_small(&inputs, n_rows));
         }
-        let block = (BLOCK_MACS / macs).max(1);
+        let block = self.candle_block();
         if n_rows <= block {
             return self.forward_candle(inputs, n_rows);
         }
@@ -335,8 +372,12 @@ impl Network {
 }
 
 impl Engine for Network {
-    fn predict(&self, inputs: Vec<f64>, n_rows: usize) -> Result<Prediction, Error> {
-        let forward = self.forward(inputs, n_rows)?;
+    fn block_end(&self, batch: usize, start: usize) -> usize {
+        Network::block_end(self, batch, start)
+    }
+
+    fn predict(&self, inputs: Vec<f64>, n_rows: usize, batch: usize) -> Result<Prediction, Error> {
+        let forward = self.forward(inputs, n_rows, batch)?;
         if self.rule == LabelRule::None {
             return Ok(Prediction {
                 n_rows,
@@ -350,10 +391,10 @@ impl Engine for Network {
         let probabilities: Vec<f64> =
             if k == 2 { activated.iter().flat_map(|&p| [1.0 - p, p]).collect() } else { activated };
         let labels = match self.rule {
-            LabelRule::ScoreSign => forward.scores.iter().map(|&s| usize::from(s > 0.0)).collect(),
+            LabelRule::ScoreSign => forward.scores.iter().map(|&s| u32::from(s > 0.0)).collect(),
             LabelRule::ScoreArgmax => forward.scores.chunks_exact(k).map(argmax).collect(),
             LabelRule::ProbabilityThreshold => {
-                probabilities.chunks_exact(2).map(|p| usize::from(p[1] > 0.5)).collect()
+                probabilities.chunks_exact(2).map(|p| u32::from(p[1] > 0.5)).collect()
             }
             LabelRule::ProbabilityArgmax | LabelRule::None => {
                 probabilities.chunks_exact(k).map(argmax).collect()
@@ -535,6 +576,49 @@ mod tests {
         Network { layers, hidden, output, n_inputs: widths[0], rule: LabelRule::None, n_classes: 0 }
     }
 
+    /// A batch computed one block at a time, as `block_end` cuts it, gets every bit it got
+    /// computed whole (in candle's blocks): products of one output column, of one or two
+    /// inputs, of small and wide layers.
+    #[test]
+    fn blocks_compute_as_the_whole_batch() {
+        let cases = [
+            (vec![4, 3], Activation::Identity, OutputActivation::Softmax),
+            (vec![4, 1], Activation::Identity, OutputActivation::Logistic),
+            (vec![2, 3], Activation::Identity, OutputActivation::Softmax),
+            (vec![1, 1], Activation::Identity, OutputActivation::Identity),
+            (vec![9, 5, 1], Activation::Tanh, OutputActivation::Identity),
+            (vec![30, 100, 2], Activation::Relu, OutputActivation::Softmax),
+        ];
+        for (widths, hidden, output) in cases {
+            let net = network(&widths, hidden, output);
+            let (small, block) = (SMALL_BATCH_MACS / net.macs_per_row(), net.candle_block());
+            let mut sizes = vec![0, 1, small, small + 1, block - 1, block, block + 1, block + 70];
+            sizes.extend([2 * block + 2 * SUB_BLOCK_ROWS - 1, 2 * block + 2 * SUB_BLOCK_ROWS + 3]);
+            let n_in = widths[0];
+            for n_rows in sizes {
+                let inputs: Vec<f64> = (0..n_rows * n_in).map(|i| (i as f64 * 0.37).sin() * 3.0).collect();
+                let whole = net.forward(inputs.clone(), n_rows, n_rows).unwrap();
+                let (mut scores, mut activated, mut start) = (Vec::new(), Vec::new(), 0);
+                loop {
+                    let end = net.block_end(n_rows, start);
+                    assert!(end > start || n_rows == 0);
+                    let part =
+                        net.forward(inputs[start * n_in..end * n_in].to_vec(), end - start, n_rows).unwrap();
+                    scores.extend(part.scores);
+                    activated.extend(part.activated.unwrap_or_default());
+                    start = end;
+                    if start >= n_rows {
+                        break;
+                    }
+                }
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&scores), bits(&whole.scores), "{widths:?}, {n_rows} rows");
+                let whole_activated = whole.activated.unwrap_or_default();
+                assert_eq!(bits(&activated), bits(&whole_activated), "{widths:?}, {n_rows} rows");
+            }
+        }
+    }
+
     #[test]
     fn plain_loops_match_candle() {
         let cases = [
@@ -551,7 +635,7 @@ mod tests {
                 let inputs: Vec<f64> =
                     (0..n_rows * widths[0]).map(|i| (i as f64 * 0.37).sin() * 3.0).collect();
                 let small = net.forward_small(&inputs, n_rows);
-                let blocks = net.forward(inputs.clone(), n_rows).unwrap();
+                let blocks = net.forward(inputs.clone(), n_rows, n_rows).unwrap();
                 let big = net.forward_candle(inputs, n_rows).unwrap();
                 // forward: plain loops, one candle call, or candle in blocks of rows.
                 assert_eq!(blocks.scores.len(), big.scores.len());

@@ -642,8 +642,18 @@ fn write_value(out: &mut Vec<u8>, values: &Values, i: usize) -> Result<(), serde
         Values::Float(v) => write_f64(out, v[i]),
         Values::Text(v) => write_str(out, &v[i]),
         Values::Json(v) => serde_json::to_writer(&mut *out, &v[i])?,
+        Values::Classes(c) => write_value(out, c.classes(), c.class_at(i))?,
     }
     Ok(())
+}
+
+/// Whether a tensor's elements are JSON values (or labels that are), which answers write whole.
+fn holds_json(values: &Values) -> bool {
+    match values {
+        Values::Json(_) => true,
+        Values::Classes(c) => holds_json(c.classes()),
+        _ => false,
+    }
 }
 
 /// A float as serde_json writes it: the shortest text that reads back the same; `null` when
@@ -793,9 +803,7 @@ impl TargetSink for Plan {
 fn streams(response: &mldeploy_model::Response) -> bool {
     response.input.is_none()
         && match &response.target {
-            Target::Outputs { outputs, .. } => {
-                outputs.iter().all(|o| !matches!(o.tensor.values, Values::Json(_)))
-            }
+            Target::Outputs { outputs, .. } => outputs.iter().all(|o| !holds_json(&o.tensor.values)),
             Target::Json(_) => false,
         }
 }
@@ -1031,9 +1039,7 @@ mod tests {
         let parts = Fragments::new(entry);
         let whole = write_body(entry, &parts, response, Some(table), topic, rejected, echo).unwrap();
         let typed = match &response.target {
-            Target::Outputs { outputs, .. } => {
-                outputs.iter().all(|o| !matches!(o.tensor.values, Values::Json(_)))
-            }
+            Target::Outputs { outputs, .. } => outputs.iter().all(|o| !holds_json(&o.tensor.values)),
             Target::Json(_) => false,
         };
         // Typed answers echoing the rows stream; the others go whole.
@@ -1092,7 +1098,7 @@ mod tests {
         };
         let labels = ClassLabels::new(vec![json!("x"), json!("y\n")]);
         let outputs = vec![
-            output("predict", Role::Labels, labels.tensor(&[0, 1])),
+            output("predict", Role::Labels, labels.tensor(vec![0, 1])),
             output(
                 "predict_proba",
                 Role::Probabilities,
@@ -1149,6 +1155,59 @@ mod tests {
         same(no_classes.get(0), &response, None, None, &[]);
     }
 
+    /// Labels held as class indexes give the answer the plain labels gave, whole and in
+    /// chunks, and are declined by the chunked writer exactly when the plain labels were.
+    #[test]
+    fn labels_by_index_answer_as_plain_labels() {
+        let models = registry(vec![feature("a", Dtype::Float)], json!(["x", "y\n"]));
+        let entry = models.get(0);
+        let parts = Fragments::new(entry);
+        let table = Table {
+            n_rows: 3,
+            columns: vec![Column::Numeric(vec![1.0, 2.5, -3.0])],
+            source_rows: vec![0, 1, 2],
+        };
+        let answer = |labels: Tensor| {
+            let outputs = vec![
+                output("predict", Role::Labels, labels),
+                output("predict_proba", Role::Probabilities, Tensor::fp64_matrix(vec![0.5; 6], 2)),
+            ];
+            let response = Response { target: Target::outputs(outputs), ..Response::default() };
+            let whole = write_body(entry, &parts, &response, Some(&table), None, &[], None).unwrap();
+            let chunked = streams(&response).then(|| {
+                let mut tail = Vec::new();
+                write_tail(&mut tail, &parts, &response, None, &[]).unwrap();
+                let mut streamed = Streamed::new(entry, &parts, response, table.clone(), None, tail);
+                let mut out = Vec::new();
+                while let Some(chunk) = streamed.next_chunk(5) {
+                    out.extend_from_slice(&chunk);
+                }
+                out
+            });
+            (String::from_utf8(whole).unwrap(), chunked.map(|c| String::from_utf8(c).unwrap()))
+        };
+        let class_lists = [
+            vec![json!("x"), json!("y\n"), json!("\"é\"")],
+            vec![json!(3), json!(-1)],
+            vec![json!(0.5), json!(2)],
+            vec![json!(true), json!(false)],
+            vec![json!("x"), json!(3)],
+        ];
+        for classes in class_lists {
+            let tensor = ClassLabels::new(classes.clone()).tensor(vec![1, 0, 1]);
+            let Values::Classes(by_index) = &tensor.values else { panic!("labels by index") };
+            let plain = Tensor { values: by_index.expand(), ..tensor.clone() };
+            let (by_index, plain) = (answer(tensor), answer(plain));
+            assert_eq!(by_index, plain, "{classes:?}");
+            // Labels of mixed types are JSON values, which answers write whole.
+            let mixed = classes == [json!("x"), json!(3)];
+            assert_eq!(by_index.1.is_none(), mixed, "{classes:?}");
+            if let Some(chunked) = &by_index.1 {
+                assert_eq!(chunked, &by_index.0);
+            }
+        }
+    }
+
     #[test]
     fn echo_copies_the_request_text() {
         let models = registry(vec![feature("a", Dtype::Float), feature("b", Dtype::Int)], json!([0, 1]));
@@ -1190,7 +1249,7 @@ mod tests {
             Tensor { shape: vec![n, 2, 3], ..Tensor::fp64((0..n * 6).map(|i| i as f64 / 7.0).collect()) };
         let shapes = [
             vec![
-                output("predict", Role::Labels, labels.tensor(&(0..n).map(|i| i % 2).collect::<Vec<_>>())),
+                output("predict", Role::Labels, labels.tensor((0..n).map(|i| i as u32 % 2).collect())),
                 output(
                     "predict_proba",
                     Role::Probabilities,

@@ -634,13 +634,13 @@ impl Model for OnnxModel {
             let indexes = (0..labels.values.len())
                 .map(|i| {
                     let label = labels.values.json_at(i);
-                    fb.lookup.find_value(&label).ok_or_else(|| {
+                    fb.lookup.find_value(&label).map(|k| k as u32).ok_or_else(|| {
                         ModelError::Internal(format!(
                             "the graph predicted {label}, which is not one of the manifest's output.classes"
                         ))
                     })
                 })
-                .collect::<Result<Vec<usize>, ModelError>>()?;
+                .collect::<Result<Vec<u32>, ModelError>>()?;
             Ok(Prediction { n_rows: table.n_rows, labels: Some(indexes), values: None, probabilities: None })
         })
     }

@@ -137,7 +137,7 @@ struct TreeEngine {
 }
 
 impl Engine for TreeEngine {
-    fn predict(&self, inputs: Vec<f64>, n_rows: usize) -> Result<Prediction, Error> {
+    fn predict(&self, inputs: Vec<f64>, n_rows: usize, _batch: usize) -> Result<Prediction, Error> {
         if inputs.len() != n_rows * self.model.n_features() {
             return Err(Error::Compute(format!(
                 "{} input values for {n_rows} rows of {} features",
@@ -146,6 +146,8 @@ impl Engine for TreeEngine {
             )));
         }
         let p = self.model.predict(&inputs, n_rows);
-        Ok(Prediction { n_rows, labels: p.labels, values: p.values, probabilities: p.probabilities })
+        // Class indexes fit: the manifest's classes were counted when the model loaded.
+        let labels = p.labels.map(|l| l.into_iter().map(|i| i as u32).collect());
+        Ok(Prediction { n_rows, labels, values: p.values, probabilities: p.probabilities })
     }
 }

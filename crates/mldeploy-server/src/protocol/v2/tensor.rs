@@ -311,8 +311,12 @@ pub(crate) fn from_binary(
 
 /// Append a tensor's elements in the binary encoding of its datatype.
 pub(crate) fn write_binary(tensor: &Tensor, out: &mut Vec<u8>) {
-    let d = tensor.datatype;
-    match &tensor.values {
+    write_values(tensor.datatype, &tensor.values, out);
+}
+
+/// Append `values` in the binary encoding of `d`.
+fn write_values(d: Datatype, values: &Values, out: &mut Vec<u8>) {
+    match values {
         Values::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
         Values::Int(v) => {
             for &x in v {
@@ -357,6 +361,19 @@ pub(crate) fn write_binary(tensor: &Tensor, out: &mut Vec<u8>) {
                 };
                 out.extend_from_slice(&(text.len() as u32).to_le_bytes());
                 out.extend_from_slice(text.as_bytes());
+            }
+        }
+        Values::Classes(c) => {
+            // Each class encoded once, then copied for every element of its class.
+            let encoded: Vec<Vec<u8>> = (0..c.classes().len() as u32)
+                .map(|k| {
+                    let mut one = Vec::new();
+                    write_values(d, &c.classes().select(&[k]), &mut one);
+                    one
+                })
+                .collect();
+            for &k in c.indexes() {
+                out.extend_from_slice(&encoded[k as usize]);
             }
         }
     }
@@ -468,6 +485,30 @@ mod tests {
         }
         assert!(from_binary("t", Datatype::Fp32, 2, &[0; 7]).unwrap_err().0.contains("7 bytes"));
         assert!(from_binary("t", Datatype::Bytes, 1, &[5, 0, 0, 0, b'a']).is_err());
+    }
+
+    /// Labels by class index are written as the labels themselves, whatever their type.
+    #[test]
+    fn labels_by_index_write_the_bytes_of_their_labels() {
+        let class_lists = [
+            vec![json!("setosa"), json!("vé"), json!("")],
+            vec![json!(-2), json!(40)],
+            vec![json!(0.5), json!(1)],
+            vec![json!(true), json!(false)],
+            vec![json!("a"), json!(1), json!({"k": null})],
+        ];
+        for classes in class_lists {
+            let labels = mldeploy_model::ClassLabels::new(classes.clone());
+            let indexes: Vec<u32> = (0..9).map(|i| (i * 5 % classes.len()) as u32).collect();
+            let tensor = labels.tensor(indexes);
+            let Values::Classes(by_index) = &tensor.values else { panic!("labels by index") };
+            let plain = Tensor { values: by_index.expand(), ..tensor.clone() };
+            let (mut written, mut expected) = (Vec::new(), Vec::new());
+            write_binary(&tensor, &mut written);
+            write_binary(&plain, &mut expected);
+            assert!(!expected.is_empty());
+            assert_eq!(written, expected, "{classes:?}");
+        }
     }
 
     #[test]
