@@ -34,13 +34,29 @@ use crate::{Column, Table};
 /// Where the request's own text of each cell can be copied into the echo.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EchoText {
+    cells: Cells,
+    n_cols: usize,
+}
+
+/// The two forms of [`EchoText`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cells {
     /// Per cell, row-major in schema order: the offset of its text in the body (the low
     /// [`EchoText::LEN_SHIFT`] bits) and the text's length (the high bits), or
     /// [`EchoText::FORMAT`] when the echo must format the value itself. The length is kept so
     /// that the answer copies without scanning for the number's end; cells past the first
     /// 128 MiB of a body are formatted instead.
-    starts: Vec<u32>,
-    n_cols: usize,
+    Words(Vec<u32>),
+    /// Every row is compact and copied whole (see [`EchoText::row_span`]): per row, where its
+    /// text starts and ends. Two words a row instead of one a cell: for a large request of
+    /// several features, most of the echo's memory is saved.
+    Rows(Vec<[u32; 2]>),
+}
+
+impl Default for Cells {
+    fn default() -> Self {
+        Cells::Words(Vec::new())
+    }
 }
 
 impl EchoText {
@@ -66,20 +82,38 @@ impl EchoText {
     /// that reads back the same, in plain notation: `5.1`, `1001.0`, `0.00012`); for an `int`
     /// feature, the integer's digits.
     pub fn cell<'b>(&self, body: &'b [u8], row: usize, col: usize) -> Option<&'b [u8]> {
-        let word = *self.starts.get(row * self.n_cols + col)?;
-        if word == Self::FORMAT {
+        if col >= self.n_cols {
             return None;
         }
-        let start = (word as usize) & Self::OFFSET_LIMIT;
-        let len = (word >> Self::LEN_SHIFT) as usize;
-        body.get(start..start + len)
+        match &self.cells {
+            Cells::Words(words) => {
+                let word = *words.get(row * self.n_cols + col)?;
+                if word == Self::FORMAT {
+                    return None;
+                }
+                let start = (word as usize) & Self::OFFSET_LIMIT;
+                let len = (word >> Self::LEN_SHIFT) as usize;
+                body.get(start..start + len)
+            }
+            // A compact row's cells are numbers one comma apart.
+            Cells::Rows(_) => body.get(self.row_span(row)?)?.split(|&b| b == b',').nth(col),
+        }
     }
 
     /// Where row `row`'s text is in the body, `start..end`, when the echo of the whole row is
     /// that text as it is: every cell has its text, and each follows the one before after
     /// exactly one byte (the comma of a compact array row).
     pub fn row_span(&self, row: usize) -> Option<std::ops::Range<usize>> {
-        let words = self.starts.get(row * self.n_cols..(row + 1) * self.n_cols)?;
+        match &self.cells {
+            Cells::Words(words) => {
+                Self::span_of_words(words.get(row * self.n_cols..(row + 1) * self.n_cols)?)
+            }
+            Cells::Rows(rows) => rows.get(row).map(|&[start, end]| start as usize..end as usize),
+        }
+    }
+
+    /// The span of a row of cell words (see [`EchoText::row_span`]).
+    fn span_of_words(words: &[u32]) -> Option<std::ops::Range<usize>> {
         let (&first, rest) = words.split_first()?;
         if first == Self::FORMAT {
             return None;
@@ -99,7 +133,16 @@ impl EchoText {
     /// [`EchoText::cell`]); whether it did.
     #[inline]
     pub fn copy_cell(&self, body: &[u8], row: usize, col: usize, out: &mut Vec<u8>) -> bool {
-        let Some(&word) = self.starts.get(row * self.n_cols + col) else {
+        let Cells::Words(words) = &self.cells else {
+            return match self.cell(body, row, col) {
+                Some(text) => {
+                    out.extend_from_slice(text);
+                    true
+                }
+                None => false,
+            };
+        };
+        let Some(&word) = words.get(row * self.n_cols + col) else {
             return false;
         };
         if word == Self::FORMAT {
@@ -129,7 +172,13 @@ impl EchoText {
     /// Whether every cell of column `col` has its text in the body (then the echo never needs
     /// the column's values).
     pub fn copies_column(&self, col: usize) -> bool {
-        col < self.n_cols && self.starts.iter().skip(col).step_by(self.n_cols).all(|&s| s != Self::FORMAT)
+        col < self.n_cols
+            && match &self.cells {
+                Cells::Words(words) => {
+                    words.iter().skip(col).step_by(self.n_cols).all(|&s| s != Self::FORMAT)
+                }
+                Cells::Rows(_) => true,
+            }
     }
 }
 
@@ -165,7 +214,9 @@ pub fn decode(schema: &Schema, body: &[u8]) -> Option<FastRows> {
         schema,
         accepts: schema.features.iter().map(Accept::of).collect(),
         columns: vec![Vec::new(); n_cols],
-        starts: Vec::new(),
+        // One cell makes no span smaller than its word.
+        cells: if n_cols >= 2 { Cells::Rows(Vec::new()) } else { Cells::Words(Vec::new()) },
+        row_words: Vec::with_capacity(n_cols),
         seen: Vec::new(),
         n_rows: 0,
     };
@@ -185,7 +236,7 @@ pub fn decode(schema: &Schema, body: &[u8]) -> Option<FastRows> {
         columns: p.columns.into_iter().map(Column::Numeric).collect(),
         source_rows: (0..n_rows).collect(),
     };
-    Some(FastRows { table, echo: EchoText { starts: p.starts, n_cols } })
+    Some(FastRows { table, echo: EchoText { cells: p.cells, n_cols } })
 }
 
 struct Parser<'a> {
@@ -196,8 +247,10 @@ struct Parser<'a> {
     accepts: Vec<Accept>,
     /// The values so far, one column per feature.
     columns: Vec<Vec<f64>>,
-    /// Row-major echo offsets in schema order.
-    starts: Vec<u32>,
+    /// The echo so far: row spans while every row is compact and copied whole, else cell words.
+    cells: Cells,
+    /// The cell words of the array row being read.
+    row_words: Vec<u32>,
     /// For records: which features the current record has set.
     seen: Vec<bool>,
     /// Rows read so far.
@@ -395,16 +448,21 @@ impl<'a> Parser<'a> {
         Some(())
     }
 
-    /// Room for the rows the rest of the body holds if they are as long as the first
+    /// Room for the rows the rest of the body holds if they are about as long as the first
     /// (`row_len` bytes): growing 30 columns one push at a time cost about a sixth of a
     /// 32-row request's instructions. At most the body's length in rows, so a short first
     /// row cannot ask for more than the body could fill.
     fn reserve_like(&mut self, row_len: usize) {
-        let rest = (self.s.len() - self.i) / (row_len + 1).max(2);
+        // Rows a fifth shorter than the first are allowed for: a column that outgrows its room
+        // is copied whole, while room never written costs no memory.
+        let rest = (self.s.len() - self.i) / ((row_len + 1) * 4 / 5).max(2);
         for column in &mut self.columns {
             column.reserve(rest);
         }
-        self.starts.reserve(rest * self.columns.len());
+        match &mut self.cells {
+            Cells::Words(words) => words.reserve(rest * self.columns.len()),
+            Cells::Rows(rows) => rows.reserve(rest),
+        }
     }
 
     /// One array row: every feature's number, in schema order.
@@ -414,6 +472,7 @@ impl<'a> Parser<'a> {
         // The position in a local: the loop below is most of a request's decode.
         let mut i = self.i;
         let n_cols = self.columns.len();
+        self.row_words.clear();
         for (j, (&check, column)) in self.accepts.iter().zip(&mut self.columns).enumerate() {
             while let Some(b' ' | b'\n' | b'\r' | b'\t') = s.get(i) {
                 i += 1;
@@ -421,7 +480,7 @@ impl<'a> Parser<'a> {
             let start = i;
             let number = number(s, &mut i)?;
             column.push(check.value(&number)?);
-            self.starts.push(check.echo_cell(&number, start, i - start));
+            self.row_words.push(check.echo_cell(&number, start, i - start));
             let end = if j + 1 == n_cols { b']' } else { b',' };
             while let Some(b' ' | b'\n' | b'\r' | b'\t') = s.get(i) {
                 i += 1;
@@ -433,7 +492,37 @@ impl<'a> Parser<'a> {
         }
         self.i = i;
         self.n_rows += 1;
+        if let Cells::Rows(rows) = &mut self.cells {
+            if let Some(span) = EchoText::span_of_words(&self.row_words) {
+                // Cell offsets are below 2^27, so their ends fit a word.
+                rows.push([span.start as u32, span.end as u32]);
+                return Some(());
+            }
+        }
+        let row = std::mem::take(&mut self.row_words);
+        self.cells_by_word(s).extend_from_slice(&row);
+        self.row_words = row;
         Some(())
+    }
+
+    /// The cell words, the row spans so far turned into them first: a row that is not compact
+    /// and copied whole, or a record, ends the per-row form.
+    fn cells_by_word(&mut self, s: &[u8]) -> &mut Vec<u32> {
+        if let Cells::Rows(rows) = &self.cells {
+            let mut words = Vec::with_capacity(rows.len() * self.columns.len());
+            for &[start, end] in rows {
+                let mut at = start as usize;
+                for text in s[at..end as usize].split(|&b| b == b',') {
+                    words.push(EchoText::pack(at, text.len()));
+                    at += text.len() + 1;
+                }
+            }
+            self.cells = Cells::Words(words);
+        }
+        match &mut self.cells {
+            Cells::Words(words) => words,
+            Cells::Rows(_) => unreachable!("turned into words above"),
+        }
     }
 
     /// A new row of a record: placeholders that [`Parser::record_value`] fills.
@@ -444,7 +533,8 @@ impl<'a> Parser<'a> {
         for column in &mut self.columns {
             column.push(0.0);
         }
-        self.starts.resize(self.starts.len() + n_cols, EchoText::FORMAT);
+        let words = self.cells_by_word(self.s);
+        words.resize(words.len() + n_cols, EchoText::FORMAT);
         self.n_rows += 1;
     }
 
@@ -486,8 +576,10 @@ impl<'a> Parser<'a> {
         if let Some(last) = self.columns[j].last_mut() {
             *last = x;
         }
-        let at = self.starts.len() - features.len() + j;
-        self.starts[at] = check.echo_cell(&number, start, self.i - start);
+        let word = check.echo_cell(&number, start, self.i - start);
+        let words = self.cells_by_word(self.s);
+        let at = words.len() - features.len() + j;
+        words[at] = word;
         Some(j)
     }
 
@@ -1001,14 +1093,15 @@ mod tests {
     #[test]
     fn echo_words_hold_offset_and_length_or_send_the_cell_to_formatting() {
         let body = b"[[12.5, 3]]";
-        let echo = EchoText { starts: vec![EchoText::pack(2, 4), EchoText::pack(8, 1)], n_cols: 2 };
+        let echo =
+            EchoText { cells: Cells::Words(vec![EchoText::pack(2, 4), EchoText::pack(8, 1)]), n_cols: 2 };
         assert_eq!(echo.cell(body, 0, 0), Some(&b"12.5"[..]));
         assert_eq!(echo.cell(body, 0, 1), Some(&b"3"[..]));
         assert_eq!(echo.cell(body, 1, 0), None);
         // Copied: as the cell's text, whether 16 bytes follow it in the body or not.
         let long_body = b"[[12.5, 3], [1.25, 7777777777]]";
         let words = [(2, 4), (8, 1), (14, 4), (20, 10)].map(|(s, l)| EchoText::pack(s, l)).to_vec();
-        let echo_long = EchoText { starts: words, n_cols: 2 };
+        let echo_long = EchoText { cells: Cells::Words(words), n_cols: 2 };
         for (row, col) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
             let mut out = b"x".to_vec();
             assert!(echo_long.copy_cell(long_body, row, col, &mut out));
@@ -1019,11 +1112,12 @@ mod tests {
         // A row is one span only when its cells are one comma apart.
         let compact = b"[[12.5,3],[1.25, 7]]";
         let words = [(2, 4), (7, 1), (11, 4), (17, 1)].map(|(s, l)| EchoText::pack(s, l)).to_vec();
-        let echo = EchoText { starts: words, n_cols: 2 };
+        let echo = EchoText { cells: Cells::Words(words), n_cols: 2 };
         assert_eq!(echo.row_span(0).map(|r| &compact[r]), Some(&b"12.5,3"[..]));
         assert_eq!(echo.row_span(1), None);
         assert_eq!(echo.row_span(2), None);
-        let one_formatted = EchoText { starts: vec![EchoText::pack(2, 4), EchoText::FORMAT], n_cols: 2 };
+        let one_formatted =
+            EchoText { cells: Cells::Words(vec![EchoText::pack(2, 4), EchoText::FORMAT]), n_cols: 2 };
         assert_eq!(one_formatted.row_span(0), None);
         // Too far into the body, or too long: formatted.
         assert_eq!(EchoText::pack(EchoText::OFFSET_LIMIT, 3), EchoText::FORMAT);
@@ -1077,6 +1171,77 @@ mod tests {
                 assert_eq!(leading_digits(u64::from_le_bytes(text)), len, "{text:?}");
             }
         }
+    }
+
+    #[test]
+    fn compact_rows_are_kept_as_spans_with_the_same_cells() {
+        let schema = schema();
+        let n_cols = schema.features.len();
+        let row = |k: usize| {
+            let cells: Vec<String> = schema
+                .features
+                .iter()
+                .enumerate()
+                .map(
+                    |(j, f)| {
+                        if f.dtype == Dtype::Int {
+                            format!("{}", j + k)
+                        } else {
+                            format!("{}.25", j + k)
+                        }
+                    },
+                )
+                .collect();
+            format!("[{}]", cells.join(","))
+        };
+        let compact = format!("[{},{},{}]", row(1), row(2), row(3));
+        let decoded = decode(&schema, compact.as_bytes()).expect("the fast path takes it");
+        assert!(matches!(decoded.echo.cells, Cells::Rows(_)), "{:?}", decoded.echo);
+        let Cells::Rows(rows) = &decoded.echo.cells else { unreachable!() };
+        // The same cells as the words the parse wrote.
+        let mut words = Vec::new();
+        for (r, &[start, end]) in rows.iter().enumerate() {
+            let span = decoded.echo.row_span(r).unwrap();
+            assert_eq!(
+                &compact.as_bytes()[span.clone()],
+                row(r + 1).trim_matches(|c| c == '[' || c == ']').as_bytes()
+            );
+            assert_eq!(span, start as usize..end as usize);
+            for (c, text) in compact.as_bytes()[span.clone()].split(|&b| b == b',').enumerate() {
+                let at =
+                    span.start + text.as_ptr() as usize - compact.as_bytes()[span.clone()].as_ptr() as usize;
+                words.push(EchoText::pack(at, text.len()));
+                assert_eq!(decoded.echo.cell(compact.as_bytes(), r, c), Some(text));
+                let mut out = Vec::new();
+                assert!(decoded.echo.copy_cell(compact.as_bytes(), r, c, &mut out));
+                assert_eq!(out, text);
+            }
+        }
+        let by_words = EchoText { cells: Cells::Words(words), n_cols };
+        for r in 0..3 {
+            assert_eq!(by_words.row_span(r), decoded.echo.row_span(r));
+        }
+        assert!((0..n_cols).all(|c| decoded.echo.copies_column(c)));
+        assert!(!decoded.echo.copies_column(n_cols));
+        assert_eq!(decoded.echo.cell(compact.as_bytes(), 0, n_cols), None);
+        assert_eq!(decoded.echo.row_span(3), None);
+        // Rows may be apart, but one row spaced inside keeps the per-cell form.
+        let spaced = format!("[{}, {}]", row(1), row(2).replacen(',', ", ", 1));
+        let decoded = decode(&schema, spaced.as_bytes()).expect("the fast path takes it");
+        assert!(matches!(decoded.echo.cells, Cells::Words(_)));
+        // The compact row read before keeps its cells through the change of form.
+        let (first, second) = (row(1), row(2));
+        for (c, text) in first[1..first.len() - 1].split(',').enumerate() {
+            assert_eq!(decoded.echo.cell(spaced.as_bytes(), 0, c), Some(text.as_bytes()));
+        }
+        for (c, text) in second[1..second.len() - 1].split(',').enumerate() {
+            assert_eq!(decoded.echo.cell(spaced.as_bytes(), 1, c), Some(text.as_bytes()));
+        }
+        assert_eq!(
+            decoded.echo.row_span(0).map(|r| &spaced.as_bytes()[r]),
+            Some(&first.as_bytes()[1..first.len() - 1])
+        );
+        assert_eq!(decoded.echo.row_span(1), None);
     }
 
     #[test]
