@@ -453,9 +453,12 @@ impl<'a> Parser<'a> {
     /// 32-row request's instructions. At most the body's length in rows, so a short first
     /// row cannot ask for more than the body could fill.
     fn reserve_like(&mut self, row_len: usize) {
-        // Rows a fifth shorter than the first are allowed for: a column that outgrows its room
-        // is copied whole, while room never written costs no memory.
-        let rest = (self.s.len() - self.i) / ((row_len + 1) * 4 / 5).max(2);
+        let rest = (self.s.len() - self.i) / (row_len + 1).max(2);
+        // A large body's rows may run shorter than its first: a quarter more room, since a
+        // large column that outgrows its room is copied whole, while room never written costs
+        // no memory. A small body's columns are small: reallocating them costs less than
+        // growing them past their first allocation.
+        let rest = if rest >= 64 { rest + rest / 4 } else { rest };
         for column in &mut self.columns {
             column.reserve(rest);
         }
