@@ -476,12 +476,22 @@ impl<'a> Parser<'a> {
         let mut i = self.i;
         let n_cols = self.columns.len();
         self.row_words.clear();
-        for (j, (&check, column)) in self.accepts.iter().zip(&mut self.columns).enumerate() {
+        for (j, (check, column)) in self.accepts.iter_mut().zip(&mut self.columns).enumerate() {
             while let Some(b' ' | b'\n' | b'\r' | b'\t') = s.get(i) {
                 i += 1;
             }
             let start = i;
-            let number = number(s, &mut i)?;
+            let short = if check.long { None } else { short_number(s, i) };
+            let number = match short {
+                Some((number, end)) => {
+                    i = end;
+                    number
+                }
+                None => {
+                    check.long = true;
+                    any_number(s, &mut i)?
+                }
+            };
             column.push(check.value(&number)?);
             self.row_words.push(check.echo_cell(&number, start, i - start));
             let end = if j + 1 == n_cols { b']' } else { b',' };
@@ -864,6 +874,10 @@ struct Accept {
     /// The range, `-inf` and `+inf` when the feature has no bound.
     min: f64,
     max: f64,
+    /// A number of this column in an array row was not a short one: the rest of the request
+    /// reads the column with the general reader at once. A column as numpy writes it (16 to
+    /// 17 digits) would otherwise be tried and refused by the short reader in every row.
+    long: bool,
 }
 
 impl Accept {
@@ -876,6 +890,7 @@ impl Accept {
             int: feature.dtype == Dtype::Int,
             min: min.unwrap_or(f64::NEG_INFINITY),
             max: max.unwrap_or(f64::INFINITY),
+            long: false,
         }
     }
 
