@@ -25,8 +25,9 @@
 //! bytes).
 //!
 //! For the answer's echo of the rows, each cell remembers where its text is in the body
-//! (offset and length) when that text is exactly what the echo would write for the value (see [`EchoText`]), so
-//! the answer copies it instead of formatting the number again.
+//! (offset and length) when that text is exactly what the echo would write for the value, so
+//! the answer copies it instead of formatting the number again; a compact row of such cells
+//! is remembered as one span and copied whole (see [`EchoText`]).
 
 use crate::schema::{Dtype, FeatureValues, Schema};
 use crate::{Column, Table};
