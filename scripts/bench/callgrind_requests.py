@@ -52,7 +52,7 @@ def main():
     body = None if a.body == "GET" else open(a.body, "rb").read()
     port = free_port()
     out = os.path.abspath(a.out)
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", a.bin, "serve"]
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + os.environ.get("CALLGRIND_ARGS", "").split() + [a.bin, "serve"]
     if a.model:
         cmd.append(a.model)
     cmd += ["--app-debug", "--threads", "1", "--bind", f"127.0.0.1:{port}", "--log-level", "error",

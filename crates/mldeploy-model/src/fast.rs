@@ -217,7 +217,7 @@ pub fn decode(schema: &Schema, body: &[u8]) -> Option<FastRows> {
         columns: vec![Vec::new(); n_cols],
         // One cell makes no span smaller than its word.
         cells: if n_cols >= 2 { Cells::Rows(Vec::new()) } else { Cells::Words(Vec::new()) },
-        row_words: Vec::with_capacity(n_cols),
+        row_words: vec![EchoText::FORMAT; n_cols],
         seen: Vec::new(),
         n_rows: 0,
     };
@@ -235,7 +235,8 @@ pub fn decode(schema: &Schema, body: &[u8]) -> Option<FastRows> {
     let table = Table {
         n_rows,
         columns: p.columns.into_iter().map(Column::Numeric).collect(),
-        source_rows: (0..n_rows).collect(),
+        // Every row is kept (see `Table::source_rows`).
+        source_rows: Vec::new(),
     };
     Some(FastRows { table, echo: EchoText { cells: p.cells, n_cols } })
 }
@@ -250,7 +251,7 @@ struct Parser<'a> {
     columns: Vec<Vec<f64>>,
     /// The echo so far: row spans while every row is compact and copied whole, else cell words.
     cells: Cells,
-    /// The cell words of the array row being read.
+    /// The cell words of the array row being read, one per feature.
     row_words: Vec<u32>,
     /// For records: which features the current record has set.
     seen: Vec<bool>,
@@ -475,13 +476,33 @@ impl<'a> Parser<'a> {
         let s = self.s;
         // The position in a local: the loop below is most of a request's decode.
         let mut i = self.i;
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = s.get(i) {
+            i += 1;
+        }
+        let row_start = i;
+        // Whether the row is compact so far (every cell has its text, one byte after the end
+        // of the one before), and where the last cell ended: known as the row is read.
+        let mut compact = true;
+        let mut last_end = i.wrapping_sub(1);
         let n_cols = self.columns.len();
-        self.row_words.clear();
-        for (j, (check, column)) in self.accepts.iter_mut().zip(&mut self.columns).enumerate() {
+        let cells = self.accepts.iter_mut().zip(&mut self.columns).zip(self.row_words.iter_mut());
+        for (j, ((check, column), cell)) in cells.enumerate() {
             while let Some(b' ' | b'\n' | b'\r' | b'\t') = s.get(i) {
                 i += 1;
             }
+            let end = if j + 1 == n_cols { b']' } else { b',' };
             let start = i;
+            // The common cell: the number and the separator after it in one word.
+            if !check.long {
+                if let Some((number, len)) = word_at(s, i).and_then(|word| compact_number(word, end)) {
+                    column.push(check.value(&number)?);
+                    *cell = check.echo_cell(&number, start, len);
+                    compact &= (*cell != EchoText::FORMAT) & (start == last_end.wrapping_add(1));
+                    last_end = start + len;
+                    i = last_end + 1;
+                    continue;
+                }
+            }
             let short = if check.long { None } else { short_number(s, i) };
             let number = match short {
                 Some((number, end)) => {
@@ -494,8 +515,9 @@ impl<'a> Parser<'a> {
                 }
             };
             column.push(check.value(&number)?);
-            self.row_words.push(check.echo_cell(&number, start, i - start));
-            let end = if j + 1 == n_cols { b']' } else { b',' };
+            *cell = check.echo_cell(&number, start, i - start);
+            compact &= (*cell != EchoText::FORMAT) & (start == last_end.wrapping_add(1));
+            last_end = i;
             while let Some(b' ' | b'\n' | b'\r' | b'\t') = s.get(i) {
                 i += 1;
             }
@@ -506,10 +528,11 @@ impl<'a> Parser<'a> {
         }
         self.i = i;
         self.n_rows += 1;
-        if let Cells::Rows(rows) = &mut self.cells {
-            if let Some(span) = EchoText::span_of_words(&self.row_words) {
-                // Cell offsets are below 2^27, so their ends fit a word.
-                rows.push([span.start as u32, span.end as u32]);
+        if compact {
+            if let Cells::Rows(rows) = &mut self.cells {
+                // Cell offsets are below 2^27 (else a cell's word is the format marker), so
+                // their ends fit a word.
+                rows.push([row_start as u32, last_end as u32]);
                 return Some(());
             }
         }
@@ -624,11 +647,82 @@ fn word_at(s: &[u8], i: usize) -> Option<u64> {
     Some(u64::from_le_bytes(*bytes))
 }
 
+/// The commonest cell of a compact row, read from the word of its first 8 bytes: an optional
+/// `-`, 1 to 7 digits in all, optionally split by a `.` with digits on both sides, no exponent,
+/// followed right away by `sep`, all inside the word. Its value, echo flags and length;
+/// `None` for everything else (the caller reads the cell the longer way). Every byte is
+/// classified at once, so the point and the end need no second look; the value is
+/// [`any_number`]'s, which a test checks.
+#[inline(always)]
+fn compact_number(word: u64, sep: u8) -> Option<(Number, usize)> {
+    let negative = word as u8 == b'-';
+    let sign = usize::from(negative);
+    let w = word >> (8 * sign);
+    // Each digit byte becomes its value (0 to 9); every other byte gets its high bit set in
+    // `other`. Nothing carries from one byte into the next, so every byte's flag is exact.
+    let x = w ^ 0x3030_3030_3030_3030;
+    let other = (((x & 0x7f7f_7f7f_7f7f_7f7f) + 0x7676_7676_7676_7676) | x) & 0x8080_8080_8080_8080;
+    let int_len = (other.trailing_zeros() / 8) as usize;
+    // The byte after the integer digits must be one of the word's own (not shifted in), and a
+    // leading zero before more digits is not JSON.
+    if int_len == 0 || int_len + sign >= 8 || (int_len > 1 && x as u8 == 0) {
+        return None;
+    }
+    let (digits, frac_len, end) = if (w >> (8 * int_len)) as u8 == b'.' {
+        // The fraction ends at the next byte that is no digit.
+        let end = ((other & (other - 1)).trailing_zeros() / 8) as usize;
+        if end + sign >= 8 || end == int_len + 1 {
+            return None;
+        }
+        // The fraction's digits moved down over the point: one run of `end - 1` digits.
+        let int_mask = (1u64 << (8 * int_len)) - 1;
+        ((x & int_mask) | ((x >> 8) & !int_mask), end - int_len - 1, end)
+    } else {
+        (x, 0, int_len)
+    };
+    if (w >> (8 * end)) as u8 != sep {
+        return None;
+    }
+    let n_digits = end - usize::from(frac_len > 0);
+    let mantissa = digit_values(digits, n_digits);
+    let last_zero = (x >> (8 * (end - 1))) as u8 == 0;
+    let int_is_zero = int_len == 1 && x as u8 == 0;
+    let (value, float_text, int_text) = if frac_len > 0 {
+        // At most 7 digits: the quotient of two exact doubles, correctly rounded. The echo
+        // rules are `short_number`'s.
+        let float_text = if int_is_zero {
+            (frac_len == 1 && last_zero)
+                || (!last_zero && (frac_len <= 4 || mantissa >= POW10_U64[frac_len - 5]))
+        } else {
+            !last_zero || frac_len == 1
+        };
+        (mantissa as f64 / POW10[frac_len], float_text, false)
+    } else {
+        (mantissa as f64, false, !(negative && int_is_zero))
+    };
+    let value = if negative { -value } else { value };
+    Some((Number { value, float_text, int_text }, sign + end))
+}
+
+/// The value of the first `n` (1 to 8) bytes of `x`, each a digit's value (0 to 9), the
+/// first the most significant.
+#[inline(always)]
+fn digit_values(x: u64, n: usize) -> u64 {
+    // Moved to the top of the word behind zeros, which leave the value as it is.
+    let d = x << (8 * (8 - n as u32));
+    let pairs = d.wrapping_mul(10) + (d >> 8);
+    const LOW_PAIRS: u64 = 0x0000_00ff_0000_00ff;
+    let outer = (pairs & LOW_PAIRS).wrapping_mul(100 + (1_000_000 << 32));
+    let inner = ((pairs >> 16) & LOW_PAIRS).wrapping_mul(1 + (10_000 << 32));
+    outer.wrapping_add(inner) >> 32
+}
+
 /// The common number, at `start`: an optional `-`, 1 to 7 integer digits, optionally a `.` and
 /// 1 to 7 fraction digits, no exponent, with eight bytes to read at each part. Each part's
-/// length and value come from one word, and the value is one exact division. `None` (nothing
-/// read) for every other number, valid or not: [`any_number`] takes those. Its value and echo
-/// flags are [`any_number`]'s, which a test checks.
+/// length and value come from one word (one word for the whole number when it and the byte
+/// after it fit in eight bytes), and the value is one exact division. `None` (nothing read)
+/// for every other number, valid or not: [`any_number`] takes those. Its value and echo flags
+/// are [`any_number`]'s, which a test checks.
 #[inline(always)]
 fn short_number(s: &[u8], start: usize) -> Option<(Number, usize)> {
     let negative = *s.get(start)? == b'-';
@@ -639,43 +733,79 @@ fn short_number(s: &[u8], start: usize) -> Option<(Number, usize)> {
     if int_len == 0 || int_len == 8 || (int_len > 1 && word as u8 == b'0') {
         return None;
     }
-    let int_value = first_digits_value(word, int_len);
+    let int_is_zero = int_len == 1 && word as u8 == b'0';
     let int_end = int_start + int_len;
-    let (value, float_text, int_text, end) = match s.get(int_end) {
-        Some(b'.') => {
-            let frac_word = word_at(s, int_end + 1)?;
-            let frac_len = leading_digits(frac_word);
-            if frac_len == 0 || frac_len == 8 {
-                return None;
-            }
-            let end = int_end + 1 + frac_len;
-            if matches!(s.get(end), Some(b'e' | b'E')) {
-                return None;
-            }
-            let frac_value = first_digits_value(frac_word, frac_len);
-            // At most 14 digits: below 2^53, so both operands are exact and the quotient is
-            // correctly rounded.
-            let mantissa = int_value * POW10_U64[frac_len] + frac_value;
+    // The byte after the integer digits is in the word (at most 7 digits).
+    let (value, float_text, int_text, end) = match (word >> (8 * int_len)) as u8 {
+        b'.' => {
+            // The fraction's digits and the digits of both parts as one integer (at most 14
+            // digits: below 2^53, so the quotient below is correctly rounded).
+            let (mantissa, frac_len, last_zero) = match fraction_in_word(word, int_len) {
+                Some(Some(read)) => read,
+                Some(None) => return None,
+                None => {
+                    let frac_word = word_at(s, int_end + 1)?;
+                    let frac_len = leading_digits(frac_word);
+                    if frac_len == 0 || frac_len == 8 {
+                        return None;
+                    }
+                    if matches!(s.get(int_end + 1 + frac_len), Some(b'e' | b'E')) {
+                        return None;
+                    }
+                    let int_value = first_digits_value(word, int_len);
+                    let mantissa = int_value * POW10_U64[frac_len] + first_digits_value(frac_word, frac_len);
+                    let last_zero = (frac_word >> (8 * (frac_len - 1))) as u8 == b'0';
+                    (mantissa, frac_len, last_zero)
+                }
+            };
             let value = mantissa as f64 / POW10[frac_len];
             // serde_json's own text for this value (see `any_number`): no trailing zero but
-            // in "d.0"; after "0.", at most four zeros before the first digit, or "0.0".
-            let last_zero = s[end - 1] == b'0';
-            let float_text = if int_len == 1 && int_value == 0 {
+            // in "d.0"; after "0.", at most four zeros before the first digit, or "0.0" (the
+            // fraction's value is then the mantissa).
+            let float_text = if int_is_zero {
                 (frac_len == 1 && last_zero)
-                    || (!last_zero && (frac_len <= 4 || frac_value >= POW10_U64[frac_len - 5]))
+                    || (!last_zero && (frac_len <= 4 || mantissa >= POW10_U64[frac_len - 5]))
             } else {
                 !last_zero || frac_len == 1
             };
-            (value, float_text, false, end)
+            (value, float_text, false, int_end + 1 + frac_len)
         }
-        Some(b'e' | b'E') => return None,
+        b'e' | b'E' => return None,
         _ => {
-            let int_text = !(negative && int_value == 0);
-            (int_value as f64, false, int_text, int_end)
+            let int_text = !(negative && int_is_zero);
+            (first_digits_value(word, int_len) as f64, false, int_text, int_end)
         }
     };
     let value = if negative { -value } else { value };
     Some((Number { value, float_text, int_text }, end))
+}
+
+/// The fraction of a number whose `int_len` integer digits start `word`, followed by `.`,
+/// when the fraction's digits and the byte after them are in the word too: `Some(Some((the
+/// digits of both parts as one integer, the fraction's length, whether its last digit is 0)))`;
+/// `Some(None)` when the text is no short number (no fraction digit, or an exponent);
+/// `None` when the word ends first (the caller reads on).
+#[inline(always)]
+fn fraction_in_word(word: u64, int_len: usize) -> Option<Option<(u64, usize, bool)>> {
+    // At least one fraction digit and the byte after it must fit behind the point.
+    if int_len > 5 {
+        return None;
+    }
+    // The bytes after the point, zeros shifted in behind them (no zero byte is a digit).
+    let rest = word >> (8 * (int_len + 1));
+    let frac_len = leading_digits(rest);
+    if frac_len >= 7 - int_len {
+        return None;
+    }
+    let after = (rest >> (8 * frac_len)) as u8;
+    if frac_len == 0 || after | 0x20 == b'e' {
+        return Some(None);
+    }
+    // The integer digits, then the fraction digits in place of the point: one digit run.
+    let low = |n: usize| (1u64 << (8 * n)) - 1;
+    let digits = (word & low(int_len)) | ((rest & low(frac_len)) << (8 * int_len));
+    let last_zero = (rest >> (8 * (frac_len - 1))) as u8 == b'0';
+    Some(Some((first_digits_value(digits, int_len + frac_len), frac_len, last_zero)))
 }
 
 /// Any JSON number (strict grammar) at `*at` in `s`; see [`number`].
@@ -1271,6 +1401,7 @@ mod tests {
             (pick >> 33) % n
         };
         let mut taken = 0;
+        let mut compact_taken = 0;
         for _ in 0..50_000 {
             let digits = |len: u64, next: &mut dyn FnMut(u64) -> u64| -> String {
                 (0..len).map(|_| char::from(b'0' + next(10) as u8)).collect()
@@ -1294,8 +1425,22 @@ mod tests {
             if next(10) == 0 {
                 text.push_str(["e5", "E-3", "e+1"][next(3) as usize]);
             }
-            text.push_str([",", "]", "]]}", ",1.5,2.25,3]"][next(4) as usize]);
+            text.push_str([",", "]", "]]}", ",1.5,2.25,3]", " ,", "E"][next(6) as usize]);
             let bytes = text.as_bytes();
+            // The only separators the decode asks for.
+            for sep in [b',', b']'] {
+                let Some((compact, len)) = word_at(bytes, 0).and_then(|word| compact_number(word, sep))
+                else {
+                    continue;
+                };
+                compact_taken += 1;
+                let mut at = 0;
+                let any =
+                    any_number(bytes, &mut at).unwrap_or_else(|| panic!("{text}: only the compact reader"));
+                assert_eq!((len, bytes[len]), (at, sep), "{text}");
+                assert_eq!(compact.value.to_bits(), any.value.to_bits(), "{text}");
+                assert_eq!((compact.float_text, compact.int_text), (any.float_text, any.int_text), "{text}");
+            }
             let Some((short, end)) = short_number(bytes, 0) else {
                 continue;
             };
@@ -1308,10 +1453,17 @@ mod tests {
         }
         // A fair share of these are short numbers; the rest went to the general reader.
         assert!(taken > 5_000, "{taken}");
+        assert!(compact_taken > 2_000, "{compact_taken}");
         assert!(short_number(b"17.99,1.5,2.25]", 0).is_some());
         assert!(short_number(b"012,3456789", 0).is_none());
         assert!(short_number(b"1.5e3,23456", 0).is_none());
         assert!(short_number(b"1.5", 0).is_none());
+        // Numbers that end inside their first word are read from it alone.
+        let word = |text: &[u8; 8]| u64::from_le_bytes(*text);
+        assert_eq!(fraction_in_word(word(b"17.99,1."), 2), Some(Some((1799, 2, false))));
+        assert_eq!(fraction_in_word(word(b"0.10]]}x"), 1), Some(Some((10, 2, true))));
+        assert_eq!(fraction_in_word(word(b"1.5e3,23"), 1), Some(None));
+        assert_eq!(fraction_in_word(word(b"0.006399"), 1), None, "the digits run to the word's end");
     }
 
     #[test]

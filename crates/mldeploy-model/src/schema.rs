@@ -176,8 +176,17 @@ pub struct Table {
     /// One column per schema feature, in schema order.
     pub columns: Vec<Column>,
     /// For each row of the table, its index in the request (rows skipped by
-    /// `"on_error": "skip"` leave gaps).
+    /// `"on_error": "skip"` leave gaps); empty when the table holds every row of the request
+    /// in order, so a large request keeps no list that says row `i` is row `i`. Read it with
+    /// [`Table::source_row`].
     pub source_rows: Vec<usize>,
+}
+
+impl Table {
+    /// The index in the request of the table's row `i`.
+    pub fn source_row(&self, i: usize) -> usize {
+        self.source_rows.get(i).copied().unwrap_or(i)
+    }
 }
 
 /// Why one row (or the whole request) failed validation.
@@ -704,12 +713,11 @@ impl TableBuilder {
         if self.bad_rows > 0 && (on_error == OnError::Reject || self.source_rows.is_empty()) {
             return Err(errors.into_invalid(self.bad_rows, n_rows));
         }
+        let n_kept = self.source_rows.len();
+        // Every row kept: row i is request row i, which an empty list says (see `Table`).
+        let source_rows = if self.bad_rows == 0 { Vec::new() } else { self.source_rows };
         Ok(Validated {
-            table: Table {
-                n_rows: self.source_rows.len(),
-                columns: self.columns,
-                source_rows: self.source_rows,
-            },
+            table: Table { n_rows: n_kept, columns: self.columns, source_rows },
             rejected: errors.list,
         })
     }
@@ -830,7 +838,8 @@ mod tests {
         let v = run(json!({"data": [[22, 3, "male", true], ["30.5", 1.0, "female", 0]]})).unwrap();
         assert!(v.rejected.is_empty());
         assert_eq!(v.table.n_rows, 2);
-        assert_eq!(v.table.source_rows, vec![0, 1]);
+        assert!(v.table.source_rows.is_empty(), "every row kept, in order");
+        assert_eq!((v.table.source_row(0), v.table.source_row(1)), (0, 1));
         assert_eq!(v.table.columns[0], Column::Numeric(vec![22.0, 30.5]));
         assert_eq!(v.table.columns[1], Column::Numeric(vec![3.0, 1.0]));
         assert_eq!(v.table.columns[2], Column::Category(vec!["male".into(), "female".into()]));
@@ -1034,6 +1043,7 @@ mod tests {
         .unwrap();
         assert_eq!(v.table.n_rows, 2);
         assert_eq!(v.table.source_rows, vec![1, 3]);
+        assert_eq!((v.table.source_row(0), v.table.source_row(1)), (1, 3));
         assert_eq!(v.table.columns[0], Column::Numeric(vec![2.0, 3.0]));
         assert_eq!(v.table.columns[2], Column::Category(vec!["female".into(), "male".into()]));
         let rejected: Vec<_> = v.rejected.iter().map(|e| (e.row, e.reason.as_str())).collect();

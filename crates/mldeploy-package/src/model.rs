@@ -243,10 +243,6 @@ fn per_row<'a>(field: &str, value: &'a Value, table: &Table) -> Result<Vec<&'a V
     }
 }
 
-fn source_row(table: &Table, i: usize) -> usize {
-    table.source_rows.get(i).copied().unwrap_or(i)
-}
-
 impl Model for PackageModel {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -333,7 +329,7 @@ pub(crate) fn take_feedback(
         Truth::Classes { lookup, classes } => {
             let class_of = |field: &str, i: usize, v: &Value| {
                 lookup.find_value(v).ok_or_else(|| {
-                    let row = source_row(table, i);
+                    let row = table.source_row(i);
                     invalid(
                         field,
                         Some(row),
@@ -370,7 +366,7 @@ pub(crate) fn take_feedback(
                     _ => None,
                 };
                 x.filter(|x| x.is_finite()).ok_or_else(|| {
-                    let row = source_row(table, i);
+                    let row = table.source_row(i);
                     invalid(
                         field,
                         Some(row),

@@ -424,7 +424,7 @@ fn feed_value(feed: &Feed, table: &Table) -> Result<DynValue, ModelError> {
     }
     let width = feed.columns.len();
     let shape: Vec<i64> = if feed.matrix { vec![n as i64, width as i64] } else { vec![n as i64] };
-    let source = |row: usize| table.source_rows.get(row).copied().unwrap_or(row);
+    let source = |row: usize| table.source_row(row);
     let numbers = || -> Result<Vec<f64>, ModelError> {
         let mut out = vec![0.0; n * width];
         for (j, &c) in feed.columns.iter().enumerate() {
