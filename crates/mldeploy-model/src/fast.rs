@@ -219,6 +219,7 @@ pub fn decode(schema: &Schema, body: &[u8]) -> Option<FastRows> {
         cells: if n_cols >= 2 { Cells::Rows(Vec::new()) } else { Cells::Words(Vec::new()) },
         row_words: vec![EchoText::FORMAT; n_cols],
         seen: Vec::new(),
+        long_seen: false,
         n_rows: 0,
     };
     p.ws();
@@ -255,6 +256,9 @@ struct Parser<'a> {
     row_words: Vec<u32>,
     /// For records: which features the current record has set.
     seen: Vec<bool>,
+    /// Some column of an array row held a number that was not a short one: rows are read
+    /// cell by cell from then on.
+    long_seen: bool,
     /// Rows read so far.
     n_rows: usize,
 }
@@ -473,6 +477,17 @@ impl<'a> Parser<'a> {
     /// One array row: every feature's number, in schema order.
     fn array_row(&mut self) -> Option<()> {
         self.expect(b'[')?;
+        if !self.long_seen {
+            if let Some(end) = self.compact_row() {
+                if let Cells::Rows(rows) = &mut self.cells {
+                    // Offsets below 2^27 (checked by `compact_row`) fit a word.
+                    rows.push([self.i as u32, end as u32]);
+                    self.i = end + 1;
+                    self.n_rows += 1;
+                    return Some(());
+                }
+            }
+        }
         let s = self.s;
         // The position in a local: the loop below is most of a request's decode.
         let mut i = self.i;
@@ -511,6 +526,7 @@ impl<'a> Parser<'a> {
                 }
                 None => {
                     check.long = true;
+                    self.long_seen = true;
                     any_number(s, &mut i)?
                 }
             };
@@ -540,6 +556,50 @@ impl<'a> Parser<'a> {
         self.cells_by_word(s).extend_from_slice(&row);
         self.row_words = row;
         Some(())
+    }
+
+    /// The row at the current position when it is compact and copied whole: every cell a
+    /// short number ([`compact_number`], else [`short_number`]) followed right away by its
+    /// separator, with the text the echo
+    /// writes, and valid. Its values are pushed and the end of its last cell (where its `]`
+    /// is) returned; `None` otherwise, with nothing pushed (the caller reads the row cell by
+    /// cell, which also names nothing: it only declines). Only while every row so far was
+    /// compact: then the echo needs no cell's word, which leaves the loop a few steps a cell.
+    #[inline(always)]
+    fn compact_row(&mut self) -> Option<usize> {
+        if !matches!(self.cells, Cells::Rows(_)) {
+            return None;
+        }
+        let s = self.s;
+        let mut i = self.i;
+        let n_cols = self.columns.len();
+        let mut pushed = 0;
+        for (j, (check, column)) in self.accepts.iter().zip(&mut self.columns).enumerate() {
+            let sep = if j + 1 == n_cols { b']' } else { b',' };
+            // Most cells fit a word; the others of up to 7 + 7 digits take two.
+            let read = word_at(s, i).and_then(|word| compact_number(word, sep)).or_else(|| {
+                short_number(s, i)
+                    .filter(|&(_, end)| s.get(end) == Some(&sep))
+                    .map(|(number, end)| (number, end - i))
+            });
+            let Some(x) = read.and_then(|(number, len)| {
+                i += len + 1;
+                let same = if check.int { number.int_text } else { number.float_text };
+                check.value(&number).filter(|_| same)
+            }) else {
+                break;
+            };
+            column.push(x);
+            pushed += 1;
+        }
+        let end = i - 1;
+        if pushed == n_cols && end < EchoText::OFFSET_LIMIT {
+            return Some(end);
+        }
+        for column in &mut self.columns[..pushed] {
+            column.pop();
+        }
+        None
     }
 
     /// The cell words, the row spans so far turned into them first: a row that is not compact

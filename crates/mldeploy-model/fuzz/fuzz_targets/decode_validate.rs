@@ -28,7 +28,7 @@ const REASONS: [&str; 8] = [
 ];
 
 fn feature(name: &str, dtype: Dtype, values: Option<FeatureValues>, allow_nan: bool) -> Feature {
-    Feature { name: name.into(), dtype, values, allow_nan }
+    Feature { name: name.into(), dtype, values, allow_nan, missing: false }
 }
 
 fn range(min: Option<f64>, max: Option<f64>) -> Option<FeatureValues> {
