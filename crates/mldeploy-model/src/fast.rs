@@ -560,11 +560,11 @@ impl<'a> Parser<'a> {
 
     /// The row at the current position when it is compact and copied whole: every cell a
     /// short number ([`compact_number`], else [`short_number`]) followed right away by its
-    /// separator, with the text the echo
-    /// writes, and valid. Its values are pushed and the end of its last cell (where its `]`
-    /// is) returned; `None` otherwise, with nothing pushed (the caller reads the row cell by
-    /// cell, which also names nothing: it only declines). Only while every row so far was
-    /// compact: then the echo needs no cell's word, which leaves the loop a few steps a cell.
+    /// separator, valid, with the text the echo writes. Its values are pushed and the end of
+    /// its last cell (where its `]` is) is returned. `None` otherwise, with nothing pushed: the
+    /// caller reads the row cell by cell (and declines the body when the row is invalid).
+    /// Tried only while every row so far was compact: the echo then needs no cell words,
+    /// which leaves the loop a few steps a cell.
     #[inline(always)]
     fn compact_row(&mut self) -> Option<usize> {
         if !matches!(self.cells, Cells::Rows(_)) {
