@@ -477,16 +477,8 @@ impl<'a> Parser<'a> {
     /// One array row: every feature's number, in schema order.
     fn array_row(&mut self) -> Option<()> {
         self.expect(b'[')?;
-        if !self.long_seen {
-            if let Some(end) = self.compact_row() {
-                if let Cells::Rows(rows) = &mut self.cells {
-                    // Offsets below 2^27 (checked by `compact_row`) fit a word.
-                    rows.push([self.i as u32, end as u32]);
-                    self.i = end + 1;
-                    self.n_rows += 1;
-                    return Some(());
-                }
-            }
+        if !self.long_seen && self.compact_row() {
+            return Some(());
         }
         let s = self.s;
         // The position in a local: the loop below is most of a request's decode.
@@ -507,18 +499,7 @@ impl<'a> Parser<'a> {
             }
             let end = if j + 1 == n_cols { b']' } else { b',' };
             let start = i;
-            // The common cell: the number and the separator after it in one word.
-            if !check.long {
-                if let Some((number, len)) = word_at(s, i).and_then(|word| compact_number(word, end)) {
-                    column.push(check.value(&number)?);
-                    *cell = check.echo_cell(&number, start, len);
-                    compact &= (*cell != EchoText::FORMAT) & (start == last_end.wrapping_add(1));
-                    last_end = start + len;
-                    i = last_end + 1;
-                    continue;
-                }
-            }
-            let short = if check.long { None } else { short_number(s, i) };
+            let short = if check.long { None } else { short_at(s, i, end) };
             let number = match short {
                 Some((number, end)) => {
                     i = end;
@@ -558,32 +539,25 @@ impl<'a> Parser<'a> {
         Some(())
     }
 
-    /// The row at the current position when it is compact and copied whole: every cell a
-    /// short number ([`compact_number`], else [`short_number`]) followed right away by its
-    /// separator, valid, with the text the echo writes. Its values are pushed and the end of
-    /// its last cell (where its `]` is) is returned. `None` otherwise, with nothing pushed: the
-    /// caller reads the row cell by cell (and declines the body when the row is invalid).
-    /// Tried only while every row so far was compact: the echo then needs no cell words,
-    /// which leaves the loop a few steps a cell.
+    /// Reads the row at the current position when it is compact and copied whole: every cell
+    /// a short number (see [`short_at`]) followed right away by its separator, valid, with the
+    /// text the echo writes. Its values are pushed and its span kept; `false` otherwise, with
+    /// nothing pushed or read: the caller reads the row cell by cell (and declines the body
+    /// when the row is invalid). Only while every row so far was compact: the echo then needs
+    /// no cell words, which leaves the loop a few steps a cell.
     #[inline(always)]
-    fn compact_row(&mut self) -> Option<usize> {
-        if !matches!(self.cells, Cells::Rows(_)) {
-            return None;
-        }
+    fn compact_row(&mut self) -> bool {
+        let Cells::Rows(rows) = &mut self.cells else {
+            return false;
+        };
         let s = self.s;
         let mut i = self.i;
         let n_cols = self.columns.len();
         let mut pushed = 0;
         for (j, (check, column)) in self.accepts.iter().zip(&mut self.columns).enumerate() {
             let sep = if j + 1 == n_cols { b']' } else { b',' };
-            // Most cells fit a word; the others of up to 7 + 7 digits take two.
-            let read = word_at(s, i).and_then(|word| compact_number(word, sep)).or_else(|| {
-                short_number(s, i)
-                    .filter(|&(_, end)| s.get(end) == Some(&sep))
-                    .map(|(number, end)| (number, end - i))
-            });
-            let Some(x) = read.and_then(|(number, len)| {
-                i += len + 1;
+            let Some(x) = short_at(s, i, sep).and_then(|(number, end)| {
+                i = end + 1;
                 let same = if check.int { number.int_text } else { number.float_text };
                 check.value(&number).filter(|_| same)
             }) else {
@@ -592,14 +566,18 @@ impl<'a> Parser<'a> {
             column.push(x);
             pushed += 1;
         }
+        // The row's text ends where its `]` is; offsets below 2^27 fit a word.
         let end = i - 1;
         if pushed == n_cols && end < EchoText::OFFSET_LIMIT {
-            return Some(end);
+            rows.push([self.i as u32, end as u32]);
+            self.i = i;
+            self.n_rows += 1;
+            return true;
         }
         for column in &mut self.columns[..pushed] {
             column.pop();
         }
-        None
+        false
     }
 
     /// The cell words, the row spans so far turned into them first: a row that is not compact
@@ -720,7 +698,7 @@ fn compact_number(word: u64, sep: u8) -> Option<(Number, usize)> {
     let w = word >> (8 * sign);
     // Each digit byte becomes its value (0 to 9); every other byte gets its high bit set in
     // `other`. Nothing carries from one byte into the next, so every byte's flag is exact.
-    let x = w ^ 0x3030_3030_3030_3030;
+    let x = w ^ ASCII_ZEROS;
     let other = (((x & 0x7f7f_7f7f_7f7f_7f7f) + 0x7676_7676_7676_7676) | x) & 0x8080_8080_8080_8080;
     let int_len = (other.trailing_zeros() / 8) as usize;
     // The byte after the integer digits must be one of the word's own (not shifted in), and a
@@ -748,15 +726,9 @@ fn compact_number(word: u64, sep: u8) -> Option<(Number, usize)> {
     let last_zero = (x >> (8 * (end - 1))) as u8 == 0;
     let int_is_zero = int_len == 1 && x as u8 == 0;
     let (value, float_text, int_text) = if frac_len > 0 {
-        // At most 7 digits: the quotient of two exact doubles, correctly rounded. The echo
-        // rules are `short_number`'s.
-        let float_text = if int_is_zero {
-            (frac_len == 1 && last_zero)
-                || (!last_zero && (frac_len <= 4 || mantissa >= POW10_U64[frac_len - 5]))
-        } else {
-            !last_zero || frac_len == 1
-        };
-        (mantissa as f64 / POW10[frac_len], float_text, false)
+        // At most 7 digits: the quotient of two exact doubles, correctly rounded.
+        let text = float_text(int_is_zero, frac_len, mantissa, last_zero);
+        (mantissa as f64 / POW10[frac_len], text, false)
     } else {
         (mantissa as f64, false, !(negative && int_is_zero))
     };
@@ -765,24 +737,40 @@ fn compact_number(word: u64, sep: u8) -> Option<(Number, usize)> {
 }
 
 /// The value of the first `n` (1 to 8) bytes of `x`, each a digit's value (0 to 9), the
-/// first the most significant.
+/// first (lowest) byte the most significant: digits combined in pairs, then pairs into fours,
+/// then the two fours, in three multiplies.
 #[inline(always)]
 fn digit_values(x: u64, n: usize) -> u64 {
     // Moved to the top of the word behind zeros, which leave the value as it is.
     let d = x << (8 * (8 - n as u32));
+    // Each byte k now holds 10 * d[k] + d[k + 1]; the even bytes are the pairs wanted.
     let pairs = d.wrapping_mul(10) + (d >> 8);
     const LOW_PAIRS: u64 = 0x0000_00ff_0000_00ff;
+    // Pairs 0 and 2 (bytes 0 and 4) weighted by 10^6 and 10^2, pairs 1 and 3 (bytes 2 and 6)
+    // by 10^4 and 1; the products meet in the high half.
     let outer = (pairs & LOW_PAIRS).wrapping_mul(100 + (1_000_000 << 32));
     let inner = ((pairs >> 16) & LOW_PAIRS).wrapping_mul(1 + (10_000 << 32));
     outer.wrapping_add(inner) >> 32
 }
 
+/// Whether a number's text `d.ddd` (no exponent, at most 15 digits) is serde_json's own for
+/// its value (see `any_number`): no trailing zero but in "d.0"; after "0.", at most four zeros
+/// before the first digit, or "0.0". `mantissa`: the digits of both parts as one integer
+/// (the fraction's value when the integer part is 0).
+#[inline(always)]
+fn float_text(int_is_zero: bool, frac_len: usize, mantissa: u64, last_zero: bool) -> bool {
+    if int_is_zero {
+        (frac_len == 1 && last_zero) || (!last_zero && (frac_len <= 4 || mantissa >= POW10_U64[frac_len - 5]))
+    } else {
+        !last_zero || frac_len == 1
+    }
+}
+
 /// The common number, at `start`: an optional `-`, 1 to 7 integer digits, optionally a `.` and
 /// 1 to 7 fraction digits, no exponent, with eight bytes to read at each part. Each part's
-/// length and value come from one word (one word for the whole number when it and the byte
-/// after it fit in eight bytes), and the value is one exact division. `None` (nothing read)
-/// for every other number, valid or not: [`any_number`] takes those. Its value and echo flags
-/// are [`any_number`]'s, which a test checks.
+/// length and value come from one word, and the value is one exact division. `None` (nothing
+/// read) for every other number, valid or not: [`any_number`] takes those. Its value and echo
+/// flags are [`any_number`]'s, which a test checks.
 #[inline(always)]
 fn short_number(s: &[u8], start: usize) -> Option<(Number, usize)> {
     let negative = *s.get(start)? == b'-';
@@ -794,78 +782,40 @@ fn short_number(s: &[u8], start: usize) -> Option<(Number, usize)> {
         return None;
     }
     let int_is_zero = int_len == 1 && word as u8 == b'0';
+    let int_value = first_digits_value(word, int_len);
     let int_end = int_start + int_len;
     // The byte after the integer digits is in the word (at most 7 digits).
     let (value, float_text, int_text, end) = match (word >> (8 * int_len)) as u8 {
         b'.' => {
-            // The fraction's digits and the digits of both parts as one integer (at most 14
-            // digits: below 2^53, so the quotient below is correctly rounded).
-            let (mantissa, frac_len, last_zero) = match fraction_in_word(word, int_len) {
-                Some(Some(read)) => read,
-                Some(None) => return None,
-                None => {
-                    let frac_word = word_at(s, int_end + 1)?;
-                    let frac_len = leading_digits(frac_word);
-                    if frac_len == 0 || frac_len == 8 {
-                        return None;
-                    }
-                    if matches!(s.get(int_end + 1 + frac_len), Some(b'e' | b'E')) {
-                        return None;
-                    }
-                    let int_value = first_digits_value(word, int_len);
-                    let mantissa = int_value * POW10_U64[frac_len] + first_digits_value(frac_word, frac_len);
-                    let last_zero = (frac_word >> (8 * (frac_len - 1))) as u8 == b'0';
-                    (mantissa, frac_len, last_zero)
-                }
-            };
-            let value = mantissa as f64 / POW10[frac_len];
-            // serde_json's own text for this value (see `any_number`): no trailing zero but
-            // in "d.0"; after "0.", at most four zeros before the first digit, or "0.0" (the
-            // fraction's value is then the mantissa).
-            let float_text = if int_is_zero {
-                (frac_len == 1 && last_zero)
-                    || (!last_zero && (frac_len <= 4 || mantissa >= POW10_U64[frac_len - 5]))
-            } else {
-                !last_zero || frac_len == 1
-            };
-            (value, float_text, false, int_end + 1 + frac_len)
+            let frac_word = word_at(s, int_end + 1)?;
+            let frac_len = leading_digits(frac_word);
+            let end = int_end + 1 + frac_len;
+            if frac_len == 0 || frac_len == 8 || matches!(s.get(end), Some(b'e' | b'E')) {
+                return None;
+            }
+            // At most 14 digits: below 2^53, so both operands are exact and the quotient is
+            // correctly rounded.
+            let mantissa = int_value * POW10_U64[frac_len] + first_digits_value(frac_word, frac_len);
+            let last_zero = (frac_word >> (8 * (frac_len - 1))) as u8 == b'0';
+            let text = float_text(int_is_zero, frac_len, mantissa, last_zero);
+            (mantissa as f64 / POW10[frac_len], text, false, end)
         }
         b'e' | b'E' => return None,
-        _ => {
-            let int_text = !(negative && int_is_zero);
-            (first_digits_value(word, int_len) as f64, false, int_text, int_end)
-        }
+        _ => (int_value as f64, false, !(negative && int_is_zero), int_end),
     };
     let value = if negative { -value } else { value };
     Some((Number { value, float_text, int_text }, end))
 }
 
-/// The fraction of a number whose `int_len` integer digits start `word`, followed by `.`,
-/// when the fraction's digits and the byte after them are in the word too: `Some(Some((the
-/// digits of both parts as one integer, the fraction's length, whether its last digit is 0)))`;
-/// `Some(None)` when the text is no short number (no fraction digit, or an exponent);
-/// `None` when the word ends first (the caller reads on).
+/// A short number at `i` followed right away by `sep` (the cell of a compact row), and where
+/// it ends: [`compact_number`] when both fit the word there, else [`short_number`]. `None` for
+/// every other cell, valid or not.
 #[inline(always)]
-fn fraction_in_word(word: u64, int_len: usize) -> Option<Option<(u64, usize, bool)>> {
-    // At least one fraction digit and the byte after it must fit behind the point.
-    if int_len > 5 {
-        return None;
+fn short_at(s: &[u8], i: usize, sep: u8) -> Option<(Number, usize)> {
+    match word_at(s, i).and_then(|word| compact_number(word, sep)) {
+        Some((number, len)) => Some((number, i + len)),
+        None => short_number(s, i).filter(|&(_, end)| s.get(end) == Some(&sep)),
     }
-    // The bytes after the point, zeros shifted in behind them (no zero byte is a digit).
-    let rest = word >> (8 * (int_len + 1));
-    let frac_len = leading_digits(rest);
-    if frac_len >= 7 - int_len {
-        return None;
-    }
-    let after = (rest >> (8 * frac_len)) as u8;
-    if frac_len == 0 || after | 0x20 == b'e' {
-        return Some(None);
-    }
-    // The integer digits, then the fraction digits in place of the point: one digit run.
-    let low = |n: usize| (1u64 << (8 * n)) - 1;
-    let digits = (word & low(int_len)) | ((rest & low(frac_len)) << (8 * int_len));
-    let last_zero = (rest >> (8 * (frac_len - 1))) as u8 == b'0';
-    Some(Some((first_digits_value(digits, int_len + frac_len), frac_len, last_zero)))
 }
 
 /// Any JSON number (strict grammar) at `*at` in `s`; see [`number`].
@@ -1027,28 +977,22 @@ fn leading_digits(word: u64) -> usize {
     (flags.trailing_zeros() / 8) as usize
 }
 
-/// The value of the first `n` (1 to 7) bytes of `word`, all ASCII digits: they move to the
-/// top of the word behind `8 - n` zeros ('0'), which leaves the value as it is.
+/// The value of the first `n` (1 to 8) bytes of `word`, all ASCII digits (the first digit
+/// in the lowest byte).
+#[inline(always)]
 fn first_digits_value(word: u64, n: usize) -> u64 {
-    let shift = 8 * (8 - n as u32);
-    eight_digits_value((word << shift) | (0x3030_3030_3030_3030 >> (64 - shift)))
+    digit_values(word ^ ASCII_ZEROS, n)
 }
+
+/// Eight `'0'` bytes: a digit byte xor this is the digit's value.
+const ASCII_ZEROS: u64 = 0x3030_3030_3030_3030;
 
 /// Powers of ten up to 10^8, as integers.
 const POW10_U64: [u64; 9] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000];
 
-/// The value of eight ASCII digits read little-endian (the first digit in the lowest byte):
-/// digits combined in pairs, then pairs into fours, then the two fours, in three multiplies.
+/// The value of eight ASCII digits read little-endian.
 fn eight_digits_value(word: u64) -> u64 {
-    let d = word - 0x3030_3030_3030_3030;
-    // Each byte k now holds 10 * d[k] + d[k + 1]; the even bytes are the pairs wanted.
-    let pairs = d.wrapping_mul(10) + (d >> 8);
-    const LOW_PAIRS: u64 = 0x0000_00ff_0000_00ff;
-    // Pairs 0 and 2 (bytes 0 and 4) weighted by 10^6 and 10^2, pairs 1 and 3 (bytes 2 and 6)
-    // by 10^4 and 1; the products meet in the high half.
-    let outer = (pairs & LOW_PAIRS).wrapping_mul(100 + (1_000_000 << 32));
-    let inner = ((pairs >> 16) & LOW_PAIRS).wrapping_mul(1 + (10_000 << 32));
-    outer.wrapping_add(inner) >> 32
+    first_digits_value(word, 8)
 }
 
 /// Powers of ten that are exact doubles.
@@ -1520,10 +1464,13 @@ mod tests {
         assert!(short_number(b"1.5", 0).is_none());
         // Numbers that end inside their first word are read from it alone.
         let word = |text: &[u8; 8]| u64::from_le_bytes(*text);
-        assert_eq!(fraction_in_word(word(b"17.99,1."), 2), Some(Some((1799, 2, false))));
-        assert_eq!(fraction_in_word(word(b"0.10]]}x"), 1), Some(Some((10, 2, true))));
-        assert_eq!(fraction_in_word(word(b"1.5e3,23"), 1), Some(None));
-        assert_eq!(fraction_in_word(word(b"0.006399"), 1), None, "the digits run to the word's end");
+        let read = |text: &[u8; 8], sep: u8| {
+            compact_number(word(text), sep).map(|(n, len)| (n.value, n.float_text, len))
+        };
+        assert_eq!(read(b"17.99,1.", b','), Some((17.99, true, 5)));
+        assert_eq!(read(b"0.10]]}x", b']'), Some((0.1, false, 4)));
+        assert_eq!(read(b"1.5e3,23", b','), None);
+        assert_eq!(read(b"0.006399", b','), None, "the digits run to the word's end");
     }
 
     #[test]
