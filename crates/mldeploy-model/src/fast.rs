@@ -217,7 +217,7 @@ pub fn decode(schema: &Schema, body: &[u8]) -> Option<FastRows> {
         columns: vec![Vec::new(); n_cols],
         // One cell makes no span smaller than its word.
         cells: if n_cols >= 2 { Cells::Rows(Vec::new()) } else { Cells::Words(Vec::new()) },
-        row_words: vec![EchoText::FORMAT; n_cols],
+        row_words: Vec::new(),
         seen: Vec::new(),
         long_seen: false,
         n_rows: 0,
@@ -252,7 +252,8 @@ struct Parser<'a> {
     columns: Vec<Vec<f64>>,
     /// The echo so far: row spans while every row is compact and copied whole, else cell words.
     cells: Cells,
-    /// The cell words of the array row being read, one per feature.
+    /// The cell words of the array row being read cell by cell, one per feature (made for
+    /// the first such row: a body of compact rows needs none).
     row_words: Vec<u32>,
     /// For records: which features the current record has set.
     seen: Vec<bool>,
@@ -487,11 +488,12 @@ impl<'a> Parser<'a> {
             i += 1;
         }
         let row_start = i;
+        let n_cols = self.columns.len();
+        self.row_words.resize(n_cols, EchoText::FORMAT);
         // Whether the row is compact so far (every cell has its text, one byte after the end
         // of the one before), and where the last cell ended: known as the row is read.
         let mut compact = true;
         let mut last_end = i.wrapping_sub(1);
-        let n_cols = self.columns.len();
         let cells = self.accepts.iter_mut().zip(&mut self.columns).zip(self.row_words.iter_mut());
         for (j, ((check, column), cell)) in cells.enumerate() {
             while let Some(b' ' | b'\n' | b'\r' | b'\t') = s.get(i) {
