@@ -15,6 +15,11 @@
 //! | USR1 | [`App::reopen_logs`], and USR1 to every worker |
 //! | USR2 | binary upgrade: start a new master from the program file this one was started as (replaced on disk by a package upgrade), with the same arguments and environment, handing it the listening sockets; once every worker of the new master is ready, stop this master's workers gracefully and exit 0. If the new master exits or is not ready in time, it is killed and this one serves on. A USR2 during a reload waits for it; a HUP during an upgrade waits for it too, and is dropped if the new master serves (it read the settings as it started) |
 //!
+//! The workers share a board of how many connections each one serves ([`Seat`], taken through
+//! [`WorkerHandle::take_seat`]), so that one that serves more can leave a waiting connection to
+//! one that serves fewer; [`watch_listener`] gives a worker the readiness of a listening socket
+//! without accepting, which that decision needs.
+//!
 //! A worker that ends before it reported ready failed to boot (it should exit with
 //! [`exit_code::BOOT_FAILURE`], e.g. when the model does not load). In the first generation that
 //! stops the server, and the master exits with [`exit_code::BOOT_FAILURE`]; in the new generation
@@ -41,6 +46,7 @@
 //! fork; the master keeps its identity, so a reload can re-read what it read at start. All
 //! `unsafe` code of the project lives in this crate.
 
+mod balance;
 mod identity;
 mod listen;
 mod master;
@@ -61,7 +67,9 @@ use std::time::Duration;
 
 use slog::{error, info, warn};
 
+pub use balance::Seat;
 pub use identity::Identity;
+pub use listen::watch as watch_listener;
 pub use notify::Notifier;
 pub use pidfile::Pidfile;
 pub use worker::{BusyGuard, WorkerHandle};

@@ -59,6 +59,17 @@ pub(crate) fn from_systemd() -> io::Result<Option<Vec<TcpListener>>> {
     Ok(Some(listeners))
 }
 
+/// `listener` (non-blocking) registered with the current tokio runtime for read readiness, so
+/// that a worker can see a connection waiting before it decides to accept it (see
+/// [`crate::Seat`]). Must be called within a tokio runtime.
+pub fn watch(listener: TcpListener) -> io::Result<tokio::io::unix::AsyncFd<TcpListener>> {
+    listener.set_nonblocking(true)?;
+    // SAFETY: a `TcpListener` owns its descriptor: it stays open and is the same one for as long
+    // as the `AsyncFd` owns the listener, and `as_raw_fd` always returns it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,8 +16,10 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use slog::{error, info, warn, Logger};
 
+use crate::balance::{self, Board};
 use crate::identity::Identity;
 use crate::os::{Exit, MasterSignal, Os};
+use crate::sys::SharedMem;
 use crate::worker::{Slot, WorkerHandle};
 use crate::{exit_code, App, RestartReason, Stop, SupervisorConfig, SupervisorEvent, Worker};
 
@@ -174,6 +176,9 @@ pub(crate) struct Master<O: Os, A: App> {
     app: A,
     log: Logger,
     listeners: Vec<TcpListener>,
+    /// The open connections of every worker, shared with them (`None` if it could not be
+    /// mapped: then workers accept without steering).
+    board: Option<Board>,
     /// The generation that serves (or boots, while starting).
     current: Rc<Generation>,
     /// How many workers the current generation is kept at (TTIN/TTOU move it).
@@ -205,11 +210,19 @@ impl<O: Os, A: App> Master<O, A> {
         config: SupervisorConfig,
         identity: Identity,
     ) -> Self {
+        let board = match SharedMem::shared(balance::SEATS) {
+            Ok(mem) => Some(Board::new(mem)),
+            Err(e) => {
+                warn!(log, "workers accept without steering"; "error" => %e);
+                None
+            }
+        };
         Master {
             os,
             app,
             log,
             listeners,
+            board,
             target: config.workers,
             current: Rc::new(Generation { number: 0, config, identity }),
             next_generation: 1,
@@ -330,6 +343,9 @@ impl<O: Os, A: App> Master<O, A> {
     }
 
     fn worker_exited(&mut self, worker: WorkerState, exit: Exit) {
+        if let Some(board) = &self.board {
+            board.free(worker.pid as u32);
+        }
         let reason = match (&worker.stop, exit) {
             (Some(order), _) => order.reason,
             (None, _) if worker.retiring => RestartReason::MaxRequests,
@@ -734,6 +750,7 @@ impl<O: Os, A: App> Master<O, A> {
                 return false;
             }
         };
+        let slot = slot.with_board(self.board.clone());
         slot.set_heartbeat(now);
         slot.set_max_requests(config.worker_max_requests(self.os.random()));
         let number = generation.number;

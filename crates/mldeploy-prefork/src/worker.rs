@@ -22,6 +22,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use slog::{info, Logger};
 
+use crate::balance::{Board, Seat};
 use crate::notify::Notifier;
 use crate::sys::{self, SharedMem};
 use crate::{exit_code, Stop};
@@ -44,9 +45,13 @@ fn nanos(at: Duration) -> u64 {
     u64::try_from(at.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// One worker's shared status words, seen by the worker and its master.
+/// One worker's shared status words, seen by the worker and its master, and the board of
+/// open connections it shares with its master's other workers.
 #[derive(Clone)]
-pub(crate) struct Slot(Arc<SharedMem>);
+pub(crate) struct Slot {
+    mem: Arc<SharedMem>,
+    board: Option<Board>,
+}
 
 impl fmt::Debug for Slot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -65,15 +70,20 @@ impl Slot {
 
     pub(crate) fn new(mem: SharedMem) -> Slot {
         assert!(mem.words().len() > BUSY, "a slot needs room for at least one busy word");
-        Slot(Arc::new(mem))
+        Slot { mem: Arc::new(mem), board: None }
+    }
+
+    /// The same slot, steering connections with `board` (see [`crate::balance`]).
+    pub(crate) fn with_board(self, board: Option<Board>) -> Slot {
+        Slot { board, ..self }
     }
 
     fn word(&self, index: usize) -> &AtomicU64 {
-        &self.0.words()[index]
+        &self.mem.words()[index]
     }
 
     fn busy_words(&self) -> &[AtomicU64] {
-        &self.0.words()[BUSY..]
+        &self.mem.words()[BUSY..]
     }
 
     /// Set a flag; true if it was not set before.
@@ -225,6 +235,13 @@ impl WorkerHandle {
             // Non-blocking: a full pipe means the master has a wake-up pending already.
             let _ = nix::unistd::write(wake, b"w");
         }
+    }
+
+    /// A seat on the board of open connections that this worker shares with its master's other
+    /// workers; `None` without a master or when every seat is taken. Publish the connections
+    /// served through it and ask it before accepting (see [`Seat`]).
+    pub fn take_seat(&self) -> Option<Seat> {
+        self.inner.slot.board.as_ref()?.sit(std::process::id())
     }
 
     /// Tell the master this worker serves (model loaded, listening).

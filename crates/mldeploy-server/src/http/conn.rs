@@ -15,6 +15,7 @@ use hyper::server::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use slog::{debug, warn};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -22,6 +23,10 @@ use super::exchange::{ConnState, ResBody, HEAD, IDLE};
 use super::handler;
 use super::Server;
 
+/// The longest a worker leaves a waiting connection to a worker that serves fewer, and the
+/// pause between two looks at the board meanwhile (tokio's timer counts in milliseconds).
+const YIELD_ACCEPT: Duration = Duration::from_millis(2);
+const YIELD_STEP: Duration = Duration::from_millis(1);
 /// Largest request line plus headers.
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
 /// How long the last answer of a closing connection may take to go out.
@@ -33,29 +38,62 @@ const LINGER_QUIET: Duration = Duration::from_secs(5);
 const LINGER_BUFFER: usize = 64 * 1024;
 
 /// Accept connections until the drain begins; then drop the listener at once.
-pub(crate) async fn accept_loop(server: Arc<Server>, listener: tokio::net::TcpListener) {
+///
+/// When a connection is waiting and another worker of the master serves fewer connections than
+/// this one, this one waits up to [`YIELD_ACCEPT`] for that worker to take it (see
+/// `mldeploy_prefork::Seat`): every worker is woken for each new connection, and without this
+/// whichever wakes first would take most of a burst.
+pub(crate) async fn accept_loop(server: Arc<Server>, listener: AsyncFd<std::net::TcpListener>) {
     let drain = server.drain_begun.notified();
     tokio::pin!(drain);
     drain.as_mut().enable();
     if server.draining() {
         return;
     }
+    // When this worker began to leave the waiting connection to the others.
+    let mut yielding_since: Option<Instant> = None;
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => {
-                    server.connection_opened();
-                    tokio::spawn(run(server.clone(), stream, remote));
-                }
+        let mut ready = tokio::select! {
+            ready = listener.readable() => match ready {
+                Ok(ready) => ready,
                 Err(e) => {
-                    if !matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted) {
-                        // Out of descriptors or memory: pause instead of spinning.
-                        warn!(server.ctx.log, "accept failed"; "error" => %e);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    warn!(server.ctx.log, "listener failed"; "error" => %e);
+                    return;
                 }
             },
             _ = drain.as_mut() => break,
+        };
+        if server.seat.as_ref().is_some_and(|seat| seat.others_hold_fewer()) {
+            let since = *yielding_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < YIELD_ACCEPT {
+                // The readiness stays set: the next turn looks again at once after the pause.
+                drop(ready);
+                tokio::select! {
+                    _ = tokio::time::sleep(YIELD_STEP) => continue,
+                    _ = drain.as_mut() => break,
+                }
+            }
+        }
+        match ready.try_io(|listener| listener.get_ref().accept()) {
+            Ok(Ok((stream, remote))) => {
+                yielding_since = None;
+                match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
+                    Ok(stream) => {
+                        server.connection_opened();
+                        tokio::spawn(run(server.clone(), stream, remote));
+                    }
+                    Err(e) => warn!(server.ctx.log, "accepted connection unusable"; "error" => %e),
+                }
+            }
+            Ok(Err(e)) => {
+                if !matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted) {
+                    // Out of descriptors or memory: pause instead of spinning.
+                    warn!(server.ctx.log, "accept failed"; "error" => %e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            // Another worker took it: wait for the next one.
+            Err(_would_block) => yielding_since = None,
         }
     }
 }

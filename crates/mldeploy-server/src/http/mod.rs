@@ -113,11 +113,10 @@ pub fn serve(
     {
         let _entered = runtime.enter();
         for listener in listeners {
-            listener.set_nonblocking(true)?;
-            let listener = tokio::net::TcpListener::from_std(listener)?;
             if let Ok(addr) = listener.local_addr() {
                 info!(log, "listening"; "address" => %addr);
             }
+            let listener = mldeploy_prefork::watch_listener(listener)?;
             accepting.push(runtime.spawn(conn::accept_loop(server.clone(), listener)));
         }
     }
@@ -193,6 +192,8 @@ pub(crate) struct Server {
     open: AtomicUsize,
     pub(crate) all_closed: Notify,
     completed: AtomicU64,
+    /// This worker's place on its master's board of open connections (see the accept loop).
+    pub(crate) seat: Option<mldeploy_prefork::Seat>,
     max_requests: u64,
     retired: AtomicBool,
     next_id: AtomicU64,
@@ -221,6 +222,7 @@ impl Server {
         let cors = handler::Cors::new(&ctx.settings.cors_origins);
         let unmatched_key = ctx.models.single().map_or_else(ModelKey::none, |e| e.metric_key.clone());
         let max_requests = ctx.worker.as_ref().map_or(0, |w| w.max_requests());
+        let seat = ctx.worker.as_ref().and_then(|w| w.take_seat());
         let start =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let id_prefix = format!("{:x}-{:x}-", std::process::id(), start);
@@ -235,6 +237,7 @@ impl Server {
             open: AtomicUsize::new(0),
             all_closed: Notify::new(),
             completed: AtomicU64::new(0),
+            seat,
             max_requests,
             retired: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
@@ -289,6 +292,9 @@ impl Server {
     fn start_drain(&self) {
         self.drain_started.store(self.now_nanos(), Ordering::Relaxed);
         self.ctx.start_draining();
+        if let Some(seat) = &self.seat {
+            seat.leave();
+        }
         self.drain_begun.notify_waiters();
     }
 
@@ -297,11 +303,18 @@ impl Server {
     }
 
     pub(crate) fn connection_opened(&self) {
-        self.open.fetch_add(1, Ordering::Relaxed);
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(seat) = &self.seat {
+            seat.publish(open);
+        }
     }
 
     pub(crate) fn connection_closed(&self) {
-        if self.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+        let open = self.open.fetch_sub(1, Ordering::Relaxed) - 1;
+        if let Some(seat) = &self.seat {
+            seat.publish(open);
+        }
+        if open == 0 {
             self.all_closed.notify_waiters();
         }
     }
