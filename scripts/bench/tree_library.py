@@ -2,13 +2,14 @@
 """Time each library's own predict_proba, one thread, on the models tree_models.py wrote.
 
     OMP_NUM_THREADS=1 python3 scripts/bench/tree_library.py MODELS_DIR [NAME ...]
+    TREE_ROWS="32" python3 scripts/bench/tree_library.py MODELS_DIR xgb300   # other batch sizes
 
 Measured as criterion measures the engine in crates/mldeploy-package/benches/trees.rs (flat
-sampling, 20 samples over 3 s after a warm-up): per model and batch (1 row, 1,000 rows), 20
-repeats of a loop of calls, each loop lasting about 0.15 s. Prints one line per model and batch,
-tab-separated: NAME ROWS CALLS_PER_REPEAT MIN_S MEDIAN_S (seconds per call over the repeats).
-On a shared machine other load only ever adds time, so the minimum is the steadiest figure; the
-median is printed beside it.
+sampling, 20 samples over 3 s after a warm-up): per model and batch (1 row and 1,000 rows, or
+the sizes in TREE_ROWS), 20 repeats of a loop of calls, each loop lasting about 0.15 s. Prints
+one line per model and batch, tab-separated: NAME ROWS CALLS_PER_REPEAT MIN_S MEDIAN_S
+(seconds per call over the repeats). On a shared machine other load only ever adds time, so the
+minimum is the steadiest figure; the median is printed beside it.
 """
 
 import os
@@ -25,6 +26,7 @@ NAMES = ["rf300", "et300", "gb300", "hgb300", "xgb300", "lgb300"]
 MEASUREMENT_S = 3.0  # criterion's measurement_time in benches/trees.rs
 SAMPLES = 20  # its sample_size
 WARM_UP_S = 0.5  # its warm_up_time
+ROWS = [int(n) for n in os.environ.get("TREE_ROWS", "1 1000").split()]
 
 
 def per_call(fn, n):
@@ -53,7 +55,7 @@ def main():
             if hasattr(est, "n_jobs"):
                 est.set_params(n_jobs=1)
             kwargs = {"num_threads": 1} if type(est).__module__.startswith("lightgbm") else {}
-            for count in (1, 1000):
+            for count in ROWS:
                 batch = np.ascontiguousarray(rows[:count])
                 n, times = samples(lambda: est.predict_proba(batch, **kwargs))
                 print(f"{name}\t{count}\t{n}\t{min(times):.9f}\t{statistics.median(times):.9f}", flush=True)
