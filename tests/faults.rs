@@ -954,15 +954,19 @@ fn memory_reaches_a_plateau_under_repeated_huge_bodies() {
         eprintln!("{what}: VmRSS {rss} kB");
         rss
     };
-    // Back to back, such requests reuse what the allocator keeps (140 MB after one, 240 MB
-    // from the fourth on, debug build; it goes back to the system a second after the last)...
-    let warm = (1..=6).map(|i| send(&format!("warm-up {i}"))).max().unwrap_or(0);
-    // ...and then serves the same requests again from what it holds: a request that leaked
-    // 7 MB or more would show over six rounds.
-    let after = (1..=6).map(|i| send(&format!("round {i}"))).max().unwrap_or(0);
+    // Back to back, such requests reuse what the allocator keeps (about 125 MB from the first
+    // on, debug build; it goes back to the system a second after the last)...
+    let warm: Vec<u64> = (1..=6).map(|i| send(&format!("warm-up {i}"))).collect();
+    // ...and then serve the same requests again from what it holds. Now and then one request
+    // finds no kept extent that fits and maps more for itself (one reading 65 MB higher, the
+    // next ones back down), so the floor of the last three readings is compared, not the
+    // highest: each of those is six requests after its counterpart, and a request that leaked
+    // 7 MB or more would lift it by over 40 MB.
+    let after: Vec<u64> = (1..=6).map(|i| send(&format!("round {i}"))).collect();
+    let floor = |readings: &[u64]| readings[3..].iter().copied().min().unwrap_or(0);
     assert!(
-        after <= warm + 40 * 1024,
-        "worker memory grew from {warm} kB to {after} kB over six identical requests"
+        floor(&after) <= floor(&warm) + 40 * 1024,
+        "worker memory grew from {warm:?} kB to {after:?} kB over six identical requests"
     );
     assert_eq!(server.worker_pids(), vec![worker]);
 }
