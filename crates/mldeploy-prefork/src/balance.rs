@@ -4,8 +4,9 @@
 //! to whichever worker calls `accept` first. A burst of connections (a client pool opening, a
 //! load generator starting) then lands mostly on one or two workers: 32 keep-alive
 //! connections over 4 workers split 24/7/1/0 or 20/9/3/0 in most runs. The loaded worker's
-//! connections then wait in its queue while the others idle: at 32-row predictions the p99
-//! was 7-8 ms with such a split, 1-2 ms with an even one, and the rate a quarter lower.
+//! connections then wait in its queue while the others idle: at 32-row predictions on 2
+//! cores the p99 was 6-8 ms with such a split and 1-3 ms with an even one (docs/benchmarks.md,
+//! "Connections spread over the workers", also for what the even split costs in rate).
 //!
 //! So the master's workers share a [`Board`]: one word per seated worker holding its pid and
 //! how many connections it serves. A worker that holds more than the least loaded one waits a
