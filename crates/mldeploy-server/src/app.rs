@@ -275,6 +275,7 @@ fn http_settings(s: &Settings) -> HttpSettings {
         request_timeout: Duration::from_secs(s.server.request_timeout),
         linger_time: Duration::from_secs(s.server.linger_time),
         linger_bytes: s.server.linger_bytes,
+        balance_connections: s.server.balance_connections,
         cors_origins: s.http.cors_origins.clone(),
         threads: s.server.threads,
         access_log: s.log.access_log || s.log.access_log_file.is_some(),

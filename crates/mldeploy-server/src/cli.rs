@@ -59,6 +59,14 @@ const FLAGS: &[Flag] = &[
         "After an early error answer (413, 408), read and drop what the client still sends this long [default: 30]",
     ),
     flag("linger_bytes", "BYTES", "The most bytes read and dropped that way before closing [default: 134217728]"),
+    Flag {
+        switch: true,
+        ..flag(
+            "balance_connections",
+            "BOOL",
+            "Spread new connections evenly over the workers (a busier worker waits up to 2 ms before accepting) [default: true]",
+        )
+    },
     flag("backlog", "N", "Listen backlog [default: 2048]"),
     flag("pidfile", "FILE", "Write the master's PID here; removed at exit"),
     flag("user", "USER", "Switch to this user after binding"),

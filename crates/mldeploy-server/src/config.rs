@@ -101,6 +101,10 @@ pub struct ServerSettings {
     pub linger_time: u64,
     /// The most bytes read and dropped that way; a client still sending after them is cut off.
     pub linger_bytes: usize,
+    /// Spread new connections evenly over the workers: one that serves more than another
+    /// waits up to 2 ms before it accepts, so that the less loaded one takes the connection.
+    /// Off: the first worker to wake takes it, as the kernel hands them out.
+    pub balance_connections: bool,
     /// Listen backlog.
     pub backlog: i32,
     /// File to write the master's PID to; removed at exit.
@@ -218,6 +222,7 @@ impl Default for ServerSettings {
             max_body: 10 * 1024 * 1024,
             linger_time: 30,
             linger_bytes: 128 * 1024 * 1024,
+            balance_connections: true,
             backlog: 2048,
             pidfile: None,
             user: None,
@@ -305,6 +310,7 @@ pub const KEYS: &[&str] = &[
     "max_body",
     "linger_time",
     "linger_bytes",
+    "balance_connections",
     "backlog",
     "pidfile",
     "user",
@@ -401,6 +407,7 @@ impl Settings {
             "max_body" => s.max_body = parse_num(key, value, "a size in bytes")?,
             "linger_time" => s.linger_time = parse_num(key, value, "seconds (0 = close at once)")?,
             "linger_bytes" => s.linger_bytes = parse_num(key, value, "a size in bytes (0 = close at once)")?,
+            "balance_connections" => s.balance_connections = parse_bool(key, value)?,
             "backlog" => s.backlog = parse_num(key, value, "a whole number")?,
             "pidfile" => s.pidfile = Some(PathBuf::from(value)),
             "user" => s.user = Some(value.to_string()),
@@ -630,6 +637,15 @@ mod tests {
         let mut s = Settings::default();
         s.apply_env(&env_of(&[("APP_DEBUG", "false")])).unwrap();
         assert!(!s.server.app_debug);
+    }
+
+    #[test]
+    fn connections_are_balanced_unless_switched_off() {
+        let mut s = Settings::default();
+        assert!(s.server.balance_connections);
+        s.set("balance_connections", "false").unwrap();
+        assert!(!s.server.balance_connections);
+        assert!(s.set("balance_connections", "sometimes").is_err());
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct HttpSettings {
     pub linger_time: Duration,
     /// ...and at most this many bytes.
     pub linger_bytes: usize,
+    /// Take a seat on the master's board of open connections, so that a worker serving more
+    /// connections than another leaves a new one to it (see `http::conn::accept_loop`).
+    pub balance_connections: bool,
     /// Allowed CORS origins; `*` allows all.
     pub cors_origins: Vec<String>,
     /// Serving threads (model calls at once).
@@ -49,6 +52,7 @@ impl Default for HttpSettings {
             request_timeout: Duration::from_secs(30),
             linger_time: Duration::from_secs(30),
             linger_bytes: 128 * 1024 * 1024,
+            balance_connections: true,
             cors_origins: vec!["*".into()],
             threads: 1,
             access_log: false,

@@ -222,7 +222,8 @@ impl Server {
         let cors = handler::Cors::new(&ctx.settings.cors_origins);
         let unmatched_key = ctx.models.single().map_or_else(ModelKey::none, |e| e.metric_key.clone());
         let max_requests = ctx.worker.as_ref().map_or(0, |w| w.max_requests());
-        let seat = ctx.worker.as_ref().and_then(|w| w.take_seat());
+        let seat =
+            (ctx.worker.as_ref()).filter(|_| ctx.settings.balance_connections).and_then(|w| w.take_seat());
         let start =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let id_prefix = format!("{:x}-{:x}-", std::process::id(), start);
