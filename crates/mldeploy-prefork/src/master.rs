@@ -19,7 +19,6 @@ use slog::{error, info, warn, Logger};
 use crate::balance::{self, Board};
 use crate::identity::Identity;
 use crate::os::{Exit, MasterSignal, Os};
-use crate::sys::SharedMem;
 use crate::worker::{Slot, WorkerHandle};
 use crate::{exit_code, App, RestartReason, Stop, SupervisorConfig, SupervisorEvent, Worker};
 
@@ -203,15 +202,15 @@ pub(crate) struct Master<O: Os, A: App> {
 
 impl<O: Os, A: App> Master<O, A> {
     pub(crate) fn new(
-        os: O,
+        mut os: O,
         app: A,
         log: Logger,
         listeners: Vec<TcpListener>,
         config: SupervisorConfig,
         identity: Identity,
     ) -> Self {
-        let board = match SharedMem::shared(balance::SEATS) {
-            Ok(mem) => Some(Board::new(mem)),
+        let board = match os.new_board(balance::SEATS) {
+            Ok(board) => Some(board),
             Err(e) => {
                 warn!(log, "workers accept without steering"; "error" => %e);
                 None

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::balance::Board;
 use crate::worker::{Slot, WorkerHandle};
 
 /// How a process ended.
@@ -50,6 +51,8 @@ pub(crate) trait Os {
     fn now(&self) -> Duration;
     /// Shared words for a worker about to be forked.
     fn new_slot(&mut self, words: usize) -> io::Result<Slot>;
+    /// The board of open connections, shared with every worker forked after it.
+    fn new_board(&mut self, seats: usize) -> io::Result<Board>;
     /// Fork a worker that runs `child` and exits with what it returns; `child` gets its handle,
     /// or why the child could not set itself up. Returns the child's pid.
     fn fork_worker(

@@ -12,6 +12,7 @@ use nix::sys::signal::{self, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::balance::Board;
 use crate::notify::Notifier;
 use crate::os::{Exit, MasterSignal, Os};
 use crate::pidfile::Pidfile;
@@ -96,6 +97,10 @@ impl Os for RealOs {
 
     fn new_slot(&mut self, words: usize) -> io::Result<Slot> {
         Ok(Slot::new(sys::SharedMem::shared(words)?))
+    }
+
+    fn new_board(&mut self, seats: usize) -> io::Result<Board> {
+        Ok(Board::new(sys::SharedMem::shared(seats)?))
     }
 
     fn fork_worker(

@@ -50,7 +50,8 @@ fn nanos(at: Duration) -> u64 {
 #[derive(Clone)]
 pub(crate) struct Slot {
     mem: Arc<SharedMem>,
-    board: Option<Board>,
+    /// `None` for a worker without master (and when the board could not be mapped).
+    pub(crate) board: Option<Board>,
 }
 
 impl fmt::Debug for Slot {

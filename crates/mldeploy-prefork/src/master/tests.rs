@@ -58,6 +58,10 @@ impl Os for FakeOs {
         Ok(Slot::new(SharedMem::private(words)))
     }
 
+    fn new_board(&mut self, seats: usize) -> io::Result<Board> {
+        Ok(Board::new(SharedMem::private(seats)))
+    }
+
     fn fork_worker(
         &mut self,
         slot: &Slot,
@@ -368,6 +372,21 @@ fn a_crashed_worker_is_replaced_at_once_at_its_index() {
     assert_eq!(h.worker(replacement).generation, 0);
     assert_eq!(h.now(), crashed_at, "the first crash is replaced without delay");
     assert!(h.signals_sent_to(survivor).is_empty());
+}
+
+#[test]
+fn a_dead_workers_seat_on_the_board_is_freed_when_it_is_reaped() {
+    let mut h = Harness::running(config(2));
+    let (crashed, survivor) = (h.pids()[0], h.pids()[1]);
+    let board = h.slot(survivor).board.expect("workers get the master's board");
+    // What the two workers do as they serve: the one that crashes holds fewer connections.
+    let _dead = board.sit(crashed as u32).expect("a seat");
+    let seat = board.sit(survivor as u32).expect("a seat");
+    seat.publish(3);
+    assert!(seat.others_hold_fewer());
+    h.exit(crashed, Exit::Signal(Signal::SIGKILL as i32));
+    h.tick();
+    assert!(!seat.others_hold_fewer(), "the survivor must not leave connections to a dead worker");
 }
 
 #[test]
