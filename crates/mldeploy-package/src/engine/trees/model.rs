@@ -477,13 +477,13 @@ impl TreeEnsemble {
             row[..self.n_outputs].copy_from_slice(&self.init);
         }
         if self.has_special {
-            self.sum_trees::<F32, LANES, true>(xs, acc, width);
+            self.sum_trees::<F32, true>(xs, acc, width);
         } else {
-            self.sum_trees::<F32, LANES, false>(xs, acc, width);
+            self.sum_trees::<F32, false>(xs, acc, width);
         }
     }
 
-    fn sum_trees<const F32: bool, const L: usize, const SPECIAL_NODES: bool>(
+    fn sum_trees<const F32: bool, const SPECIAL_NODES: bool>(
         &self,
         xs: &[f64],
         acc: &mut [f64],
@@ -495,17 +495,17 @@ impl TreeEnsemble {
         for ((&root, &col), &depth) in self.roots.iter().zip(&self.outputs).zip(&self.depths) {
             let (root, col) = (root as usize, col as usize);
             let mut r = 0;
-            while r + L <= n_rows {
+            while r + LANES <= n_rows {
                 let leaves = if self.deep {
-                    self.walk_lanes::<L, SPECIAL_NODES>(root, xs, r * nf)
+                    self.walk_lanes::<SPECIAL_NODES>(root, xs, r * nf)
                 } else {
-                    self.walk_lanes_fixed::<L, SPECIAL_NODES>(root, xs, r * nf, depth as usize)
+                    self.walk_lanes_fixed::<SPECIAL_NODES>(root, xs, r * nf, depth as usize)
                 };
                 for (k, &leaf) in leaves.iter().enumerate() {
                     let out = &mut acc[(r + k) * width..(r + k + 1) * width];
                     self.add_leaf::<F32>(leaf, out, col, w);
                 }
-                r += L;
+                r += LANES;
             }
             for r in r..n_rows {
                 let leaf = self.walk(root, &xs[r * nf..(r + 1) * nf]);
@@ -563,19 +563,19 @@ impl TreeEnsemble {
         }
     }
 
-    /// Walk one shallow tree for `L` rows in lockstep, `depth` steps: rows that reach their
+    /// Walk one shallow tree for `LANES` rows in lockstep, `depth` steps: rows that reach their
     /// leaf early stay on it, so no per-step "all done?" test is needed.
     #[inline(always)]
-    fn walk_lanes_fixed<const L: usize, const SPECIAL_NODES: bool>(
+    fn walk_lanes_fixed<const SPECIAL_NODES: bool>(
         &self,
         root: usize,
         xs: &[f64],
         base: usize,
         depth: usize,
-    ) -> [usize; L] {
+    ) -> [usize; LANES] {
         let nf = self.n_features;
-        let rows: [&[f64]; L] = std::array::from_fn(|k| &xs[base + k * nf..base + (k + 1) * nf]);
-        let mut idx = [root; L];
+        let rows: [&[f64]; LANES] = std::array::from_fn(|k| &xs[base + k * nf..base + (k + 1) * nf]);
+        let mut idx = [root; LANES];
         for _ in 0..depth {
             for (i, row) in idx.iter_mut().zip(rows) {
                 *i = self.step::<SPECIAL_NODES>(*i, row).0;
@@ -584,17 +584,12 @@ impl TreeEnsemble {
         idx
     }
 
-    /// Walk one tree for `L` consecutive rows starting at `xs[base..]`, in lockstep.
+    /// Walk one tree for `LANES` consecutive rows starting at `xs[base..]`, in lockstep.
     #[inline(always)]
-    fn walk_lanes<const L: usize, const SPECIAL_NODES: bool>(
-        &self,
-        root: usize,
-        xs: &[f64],
-        base: usize,
-    ) -> [usize; L] {
+    fn walk_lanes<const SPECIAL_NODES: bool>(&self, root: usize, xs: &[f64], base: usize) -> [usize; LANES] {
         let nf = self.n_features;
-        let rows: [&[f64]; L] = std::array::from_fn(|k| &xs[base + k * nf..base + (k + 1) * nf]);
-        let mut idx = [root; L];
+        let rows: [&[f64]; LANES] = std::array::from_fn(|k| &xs[base + k * nf..base + (k + 1) * nf]);
+        let mut idx = [root; LANES];
         loop {
             let mut all_leaves = true;
             for (i, row) in idx.iter_mut().zip(rows) {
