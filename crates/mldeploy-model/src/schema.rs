@@ -678,10 +678,14 @@ struct Errors {
     total: usize,
 }
 
-/// The table of validated rows as it is built, row by row: a row with an error leaves no cell.
+/// The table of validated rows as it is built, row by row (in the request's order): a row
+/// with an error leaves no cell.
 struct TableBuilder {
     columns: Vec<Column>,
-    /// The input row of each kept row.
+    /// Rows kept so far.
+    kept: usize,
+    /// The input row of each kept row, listed from the first failed row on: until then, kept
+    /// row `i` is input row `i`, which an empty list says (see `Table::source_rows`).
     source_rows: Vec<usize>,
     bad_rows: usize,
 }
@@ -690,7 +694,8 @@ impl TableBuilder {
     fn new(features: &[Feature], n_rows: usize) -> TableBuilder {
         TableBuilder {
             columns: features.iter().map(|f| Column::for_feature(f, n_rows)).collect(),
-            source_rows: Vec::with_capacity(n_rows),
+            kept: 0,
+            source_rows: Vec::new(),
             bad_rows: 0,
         }
     }
@@ -698,26 +703,28 @@ impl TableBuilder {
     /// Keep input row `row`, or drop the cells it pushed when it failed.
     fn end_row(&mut self, row: usize, failed: bool) {
         if failed {
+            if self.bad_rows == 0 {
+                self.source_rows = (0..self.kept).collect();
+            }
             self.bad_rows += 1;
-            let keep = self.source_rows.len();
             for column in &mut self.columns {
-                column.truncate(keep);
+                column.truncate(self.kept);
             }
         } else {
-            self.source_rows.push(row);
+            if self.bad_rows > 0 {
+                self.source_rows.push(row);
+            }
+            self.kept += 1;
         }
     }
 
     /// The table, or the errors when `on_error` rejects the batch or no row is left.
     fn finish(self, errors: Errors, on_error: OnError, n_rows: usize) -> Result<Validated, ModelError> {
-        if self.bad_rows > 0 && (on_error == OnError::Reject || self.source_rows.is_empty()) {
+        if self.bad_rows > 0 && (on_error == OnError::Reject || self.kept == 0) {
             return Err(errors.into_invalid(self.bad_rows, n_rows));
         }
-        let n_kept = self.source_rows.len();
-        // Every row kept: row i is request row i, which an empty list says (see `Table`).
-        let source_rows = if self.bad_rows == 0 { Vec::new() } else { self.source_rows };
         Ok(Validated {
-            table: Table { n_rows: n_kept, columns: self.columns, source_rows },
+            table: Table { n_rows: self.kept, columns: self.columns, source_rows: self.source_rows },
             rejected: errors.list,
         })
     }
