@@ -202,6 +202,9 @@ pub fn eligible(schema: &Schema) -> bool {
         })
 }
 
+/// Bodies up to this many bytes have their columns sized for the most rows they could hold.
+const SMALL_BODY: usize = 16 * 1024;
+
 /// Decode `body` into the columns of `schema` when the body is one of the common shapes and
 /// every row is valid; `None` otherwise (the caller takes the general path).
 pub fn decode(schema: &Schema, body: &[u8]) -> Option<FastRows> {
@@ -209,14 +212,22 @@ pub fn decode(schema: &Schema, body: &[u8]) -> Option<FastRows> {
         return None;
     }
     let n_cols = schema.features.len();
+    // A small body's columns get room for as many rows as it could hold (a cell takes two
+    // bytes at least) at once: one allocation each, instead of a first push and a reserve
+    // after the first row. A large body's first row tells how much room to take.
+    let rows_room = if body.len() <= SMALL_BODY { body.len() / (4 * n_cols) + 1 } else { 0 };
     let mut p = Parser {
         s: body,
         i: 0,
         schema,
         accepts: schema.features.iter().map(Accept::of).collect(),
-        columns: vec![Vec::new(); n_cols],
+        columns: (0..n_cols).map(|_| Vec::with_capacity(rows_room)).collect(),
         // One cell makes no span smaller than its word.
-        cells: if n_cols >= 2 { Cells::Rows(Vec::new()) } else { Cells::Words(Vec::new()) },
+        cells: if n_cols >= 2 {
+            Cells::Rows(Vec::with_capacity(rows_room))
+        } else {
+            Cells::Words(Vec::with_capacity(rows_room))
+        },
         row_words: Vec::new(),
         seen: Vec::new(),
         long_seen: false,
@@ -443,7 +454,7 @@ impl<'a> Parser<'a> {
             } else {
                 self.array_row()?;
             }
-            if std::mem::take(&mut first) {
+            if std::mem::take(&mut first) && self.s.len() > SMALL_BODY {
                 self.reserve_like(self.i - row_start);
             }
             match self.next()? {
