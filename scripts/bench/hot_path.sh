@@ -10,9 +10,11 @@
 # predict_proba, input echoed) and with the lean class (scripts/bench/lean_predict_model.py:
 # numpy array, predict_proba, small answer); mldeploy serving the same pipeline exported as a
 # package; with MLDEPLOY_BASE_BIN set, a second mldeploy binary (the "before" build) beside
-# it; and mldeploy on its embedded demo model (iris) for the demo body. Bodies: the
-# breast-cancer rows of scripts/bench.sh (1 row, 777 bytes; 32 rows, 7.3 KB) and, for
-# nginx and the mldeploy builds, one iris row of the demo model.
+# it; mldeploy on its embedded demo model (iris) for the demo body; and the floor of hyper
+# (crates/mldeploy-prefork/examples/hyper_floor.rs: the same supervisor and runtime, hyper
+# reading the body and answering a fixed 200, none of mldeploy's own work), for the demo body
+# too. Bodies: the breast-cancer rows of scripts/bench.sh (1 row, 777 bytes; 32 rows, 7.3 KB)
+# and, for nginx, the floor and the mldeploy builds, one iris row of the demo model.
 #
 # Each round runs every system on every body for RUN_S seconds after a WARMUP_S warm-up, the
 # systems' order reversed every other round, so the machine's drift hits every side alike.
@@ -22,6 +24,9 @@
 #
 # Environment: RUN_S (default 2), WARMUP_S (1), CONFIGS (default "2x2 4x2"), CONNECTIONS (32),
 # MLDEPLOY_BIN (default target/release/mldeploy), MLDEPLOY_BASE_BIN (optional),
+# BASE_ARGS (more `serve` arguments for the base binary only, e.g. the same binary with
+# "--balance-connections false"), FLOOR_BIN (default target/release/examples/hyper_floor,
+# built when missing),
 # MLDEPLOY_TOOLS_DIR (the ml-deploy virtualenv of scripts/bench.sh, which creates it),
 # HOT_OUT (default a new temporary directory).
 set -euo pipefail
@@ -35,6 +40,8 @@ CONFIGS=${CONFIGS:-"2x2 4x2"}
 CONNECTIONS=${CONNECTIONS:-32}
 BIN=${MLDEPLOY_BIN:-$ROOT/target/release/mldeploy}
 BASE_BIN=${MLDEPLOY_BASE_BIN:-}
+BASE_ARGS=${BASE_ARGS:-}
+FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/examples/hyper_floor}
 VENV=${MLDEPLOY_TOOLS_DIR:-$HOME/.cache/mldeploy-tools}/mldeploy-venv
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # shellcheck source=common.sh
@@ -44,6 +51,9 @@ source "$ROOT/scripts/bench/common.sh"
 command -v wrk >/dev/null || die "wrk is missing (scripts/bench.sh installs it)"
 [[ -x $VENV/bin/ml-deploy ]] || die "no ml-deploy virtualenv in $VENV: run scripts/bench.sh once"
 ensure_release_bin
+if [[ ! -x $FLOOR_BIN ]]; then
+    (cd "$ROOT" && cargo build -j2 --release -p mldeploy-prefork --example hyper_floor) || die "hyper_floor build failed"
+fi
 
 OUT=${HOT_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/mldeploy-hot.XXXXXX")}
 mkdir -p "$OUT"
@@ -91,17 +101,20 @@ start() { # SYSTEM WORKERS THREADS
                 exec "$VENV/bin/ml-deploy" --config "$BENCH_DIR/$config" --mode production \
                 --workers "$w" --threads "$t" --http-port "$port") >"$OUT/$system.log" 2>&1 &
             URL[$system]="http://127.0.0.1:$port/ml/api/predict" ;;
+        hyper-floor)
+            "$FLOOR_BIN" "$port" "$w" "$t" >"$OUT/$system.log" 2>&1 &
+            URL[$system]="http://127.0.0.1:$port/" ;;
         mldeploy | mldeploy-base)
-            local bin=$BIN
-            [[ $system == mldeploy-base ]] && bin=$BASE_BIN
+            local bin=$BIN extra=()
+            [[ $system == mldeploy-base ]] && bin=$BASE_BIN && read -ra extra <<<"$BASE_ARGS"
             "$bin" serve "$MODEL/mldeploy-package" --workers "$w" --threads "$t" \
-                --bind "127.0.0.1:$port" --log-level error >"$OUT/$system.log" 2>&1 &
+                --bind "127.0.0.1:$port" --log-level error "${extra[@]}" >"$OUT/$system.log" 2>&1 &
             URL[$system]="http://127.0.0.1:$port/api/ml/predict" ;;
         mldeploy-demo | mldeploy-base-demo)
-            local bin=$BIN
-            [[ $system == mldeploy-base-demo ]] && bin=$BASE_BIN
+            local bin=$BIN extra=()
+            [[ $system == mldeploy-base-demo ]] && bin=$BASE_BIN && read -ra extra <<<"$BASE_ARGS"
             "$bin" serve --workers "$w" --threads "$t" --bind "127.0.0.1:$port" --log-level error \
-                >"$OUT/$system.log" 2>&1 &
+                "${extra[@]}" >"$OUT/$system.log" 2>&1 &
             URL[$system]="http://127.0.0.1:$port/api/ml/predict" ;;
     esac
     PIDS+=($!)
@@ -119,7 +132,7 @@ wait_up() { # SYSTEM BODY
 }
 
 SYSTEMS="nginx ml-deploy ml-deploy-lean mldeploy"
-DEMO_SYSTEMS="nginx mldeploy-demo"
+DEMO_SYSTEMS="nginx hyper-floor mldeploy-demo"
 if [[ -n $BASE_BIN ]]; then
     SYSTEMS="$SYSTEMS mldeploy-base"
     DEMO_SYSTEMS="$DEMO_SYSTEMS mldeploy-base-demo"

@@ -46,7 +46,7 @@ def main():
 
 
 def order(system):
-    known = ["nginx", "ml-deploy", "ml-deploy-lean", "mldeploy-base", "mldeploy", "mldeploy-base-demo", "mldeploy-demo"]
+    known = ["nginx", "ml-deploy", "ml-deploy-lean", "mldeploy-base", "mldeploy", "hyper-floor", "mldeploy-base-demo", "mldeploy-demo"]
     return known.index(system) if system in known else len(known)
 
 
