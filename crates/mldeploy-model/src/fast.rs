@@ -326,6 +326,23 @@ impl<'a> Parser<'a> {
         Some(text)
     }
 
+    /// Whether the string here is `text` as it is, without escapes; consumed if so. A text
+    /// holding a quote, a backslash or a control character never matches: the body's string
+    /// would then hold an escape (or be invalid), and only [`Parser::string`] reads those.
+    fn plain_string_is(&mut self, text: &[u8]) -> bool {
+        self.ws();
+        let n = text.len();
+        let matched = self
+            .s
+            .get(self.i..self.i + n + 2)
+            .is_some_and(|s| s[0] == b'"' && s[n + 1] == b'"' && &s[1..=n] == text)
+            && !text.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
+        if matched {
+            self.i += n + 2;
+        }
+        matched
+    }
+
     /// `{"data": ..., "names": ..., "on_error": ...}` or a bare record.
     fn top_object(&mut self) -> Option<()> {
         self.expect(b'{')?;
@@ -424,8 +441,12 @@ impl<'a> Parser<'a> {
             return None;
         }
         loop {
-            let name = self.string()?;
-            same &= schema.features.get(n).is_some_and(|f| f.name.as_bytes() == name);
+            let expected = schema.features.get(n).map(|f| f.name.as_bytes());
+            // The common case, the schema's name written plainly, is one comparison.
+            if !expected.is_some_and(|name| self.plain_string_is(name)) {
+                let name = self.string()?;
+                same &= expected.is_some_and(|e| e == name);
+            }
             n += 1;
             match self.next()? {
                 b',' => {}
@@ -1531,6 +1552,34 @@ mod tests {
         body[3] = 0xc3;
         assert!(decode(&schema, &body).is_none());
         assert!(check(&schema, r#"{"names": ["a", "b b", "c"], "data": [[1, 2, 3]]}"#));
+    }
+
+    #[test]
+    fn names_with_escapes_are_never_matched_as_written() {
+        let f = |name: &str| Feature {
+            name: name.into(),
+            dtype: Dtype::Float,
+            values: None,
+            allow_nan: false,
+            missing: false,
+        };
+        // A name holding a backslash, a quote or a control character is written escaped in
+        // JSON; its raw bytes in the body would be another name, or no valid JSON at all.
+        for name in ["back\\slash", "new\nline", "quo\"te", "tab\tbed"] {
+            let schema = Schema::new(vec![f("x"), f(name)]);
+            let escaped = serde_json::to_string(name).unwrap();
+            // Escaped as JSON: the general path reads it; the fast path declines or agrees.
+            let body = format!(r#"{{"data": [[1.5, 2.5]], "names": ["x", {escaped}]}}"#);
+            let _ = check(&schema, &body);
+            // The raw bytes: another name (or invalid JSON), so the fast path declines.
+            let body = format!(r#"{{"data": [[1.5, 2.5]], "names": ["x", "{name}"]}}"#);
+            assert!(decode(&schema, body.as_bytes()).is_none(), "{body:?}");
+        }
+        // A plain name, matched as written, and one that differs.
+        let schema = Schema::new(vec![f("x"), f("plain name")]);
+        assert!(check(&schema, r#"{"data": [[1.5, 2.5]], "names": ["x", "plain name"]}"#));
+        assert!(decode(&schema, br#"{"data": [[1.5, 2.5]], "names": ["x", "plain_name"]}"#).is_none());
+        assert!(decode(&schema, br#"{"data": [[1.5, 2.5]], "names": ["x", "plain name", "y"]}"#).is_none());
     }
 
     #[test]

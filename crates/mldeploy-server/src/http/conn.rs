@@ -115,8 +115,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = BoxFuture;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let (started, seq) = self.state.begin_request();
-        Box::pin(handler::handle(self.server.clone(), self.state.clone(), seq, self.remote, req, started))
+        let (started, now, seq) = self.state.begin_request();
+        let state = self.state.clone();
+        Box::pin(handler::handle(self.server.clone(), state, seq, self.remote, req, started, now))
     }
 }
 

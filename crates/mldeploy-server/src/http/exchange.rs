@@ -65,15 +65,15 @@ impl ConnState {
         (phase, since)
     }
 
-    /// A request head is complete; returns when its first byte arrived, and the request's
-    /// number on this connection.
-    pub(crate) fn begin_request(&self) -> (Instant, u64) {
+    /// A request head is complete; returns when its first byte arrived, now (one reading of
+    /// the clock for both), and the request's number on this connection.
+    pub(crate) fn begin_request(&self) -> (Instant, Instant, u64) {
         let now = self.now_nanos();
         let started =
             if self.phase.load(Ordering::Relaxed) == HEAD { self.since.load(Ordering::Relaxed) } else { now };
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.set(BUSY, now);
-        (self.epoch + Duration::from_nanos(started), seq)
+        (self.epoch + Duration::from_nanos(started), self.epoch + Duration::from_nanos(now), seq)
     }
 
     /// Request `seq` has handed over its answer: the connection idles from now (unless a

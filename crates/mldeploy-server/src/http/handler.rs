@@ -24,7 +24,7 @@ const CLOSE: HeaderValue = HeaderValue::from_static("close");
 /// Longest client-sent request id that is kept.
 const MAX_REQUEST_ID: usize = 128;
 
-/// Answer one request.
+/// Answer one request whose head began to arrive at `started` and was complete at `t0`.
 pub(crate) async fn handle(
     server: Arc<Server>,
     state: Arc<ConnState>,
@@ -32,8 +32,8 @@ pub(crate) async fn handle(
     remote: SocketAddr,
     req: Request<Incoming>,
     started: Instant,
+    t0: Instant,
 ) -> Result<Response<ResBody>, Infallible> {
-    let t0 = Instant::now();
     let metrics = &server.ctx.metrics;
     let in_flight = metrics.request_started();
     let (parts, body) = req.into_parts();

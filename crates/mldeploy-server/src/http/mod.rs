@@ -334,9 +334,11 @@ impl Server {
     /// A fresh request id.
     pub(crate) fn new_request_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut id = String::with_capacity(self.id_prefix.len() + 8);
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n);
+        let mut id = String::with_capacity(self.id_prefix.len() + digits.len());
         id.push_str(&self.id_prefix);
-        id.push_str(&n.to_string());
+        id.push_str(digits);
         id
     }
 }
