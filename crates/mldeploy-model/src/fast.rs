@@ -48,8 +48,9 @@ enum Cells {
     /// that the answer copies without scanning for the number's end; cells past the first
     /// 128 MiB of a body are formatted instead.
     Words(Vec<u32>),
-    /// Every row is compact and copied whole (see [`EchoText::row_span`]): per row, where its
-    /// text starts and ends. Two words a row instead of one a cell: for a large request of
+    /// Every row is compact and copied whole (see [`EchoText::copy_row`]): per row, where its
+    /// text starts and ends, the end's word marked [`EchoText::SPACED`] when its cells are
+    /// one comma and one space apart. Two words a row instead of one a cell: for a large request of
     /// several features, most of the echo's memory is saved.
     Rows(Vec<[u32; 2]>),
 }
@@ -68,6 +69,9 @@ impl EchoText {
     /// Offsets below this fit (the all-ones offset is left to [`EchoText::FORMAT`]).
     const OFFSET_LIMIT: usize = (1 << Self::LEN_SHIFT) - 1;
     const LEN_LIMIT: usize = 1 << (32 - Self::LEN_SHIFT);
+    /// Marks a row span whose cells are apart by `", "`, as Python's `json.dumps` writes them
+    /// (ends are below 2^27: the top bit is free).
+    const SPACED: u32 = 1 << 31;
 
     /// The word of a cell whose text is at `start`, `len` bytes long.
     fn pack(start: usize, len: usize) -> u32 {
@@ -96,20 +100,61 @@ impl EchoText {
                 let len = (word >> Self::LEN_SHIFT) as usize;
                 body.get(start..start + len)
             }
-            // A compact row's cells are numbers one comma apart.
-            Cells::Rows(_) => body.get(self.row_span(row)?)?.split(|&b| b == b',').nth(col),
+            // A compact row's cells are numbers one comma (and maybe one space) apart.
+            Cells::Rows(rows) => {
+                let (span, _) = Self::span_of_row(*rows.get(row)?);
+                let text = body.get(span)?.split(|&b| b == b',').nth(col)?;
+                Some(text.strip_prefix(b" ").unwrap_or(text))
+            }
         }
+    }
+
+    /// A row span's text and whether its cells are spaced.
+    fn span_of_row([start, end]: [u32; 2]) -> (std::ops::Range<usize>, bool) {
+        (start as usize..(end & !Self::SPACED) as usize, end & Self::SPACED != 0)
+    }
+
+    /// Append the echo of row `row`'s cells (without its brackets) to `out` when every cell
+    /// has its text (see [`EchoText::cell`]) and the row is compact: its text as it is, or
+    /// without the spaces after its commas. Whether it did.
+    pub fn copy_row(&self, body: &[u8], row: usize, out: &mut Vec<u8>) -> bool {
+        let (span, spaced) = match &self.cells {
+            Cells::Rows(rows) => match rows.get(row) {
+                Some(&span) => Self::span_of_row(span),
+                None => return false,
+            },
+            Cells::Words(_) => match self.row_span(row) {
+                Some(span) => (span, false),
+                None => return false,
+            },
+        };
+        let Some(text) = body.get(span) else {
+            return false;
+        };
+        if spaced {
+            // Numbers hold no space: every space is one after a comma.
+            for part in text.split(|&b| b == b' ') {
+                out.extend_from_slice(part);
+            }
+        } else {
+            out.extend_from_slice(text);
+        }
+        true
     }
 
     /// Where row `row`'s text is in the body, `start..end`, when the echo of the whole row is
     /// that text as it is: every cell has its text, and each follows the one before after
-    /// exactly one byte (the comma of a compact array row).
+    /// exactly one byte (the comma of a compact array row). `None` for a spaced row, which
+    /// [`EchoText::copy_row`] copies without its spaces.
     pub fn row_span(&self, row: usize) -> Option<std::ops::Range<usize>> {
         match &self.cells {
             Cells::Words(words) => {
                 Self::span_of_words(words.get(row * self.n_cols..(row + 1) * self.n_cols)?)
             }
-            Cells::Rows(rows) => rows.get(row).map(|&[start, end]| start as usize..end as usize),
+            Cells::Rows(rows) => match Self::span_of_row(*rows.get(row)?) {
+                (span, false) => Some(span),
+                (_, true) => None,
+            },
         }
     }
 
@@ -192,74 +237,107 @@ pub struct FastRows {
     pub echo: EchoText,
 }
 
-/// Whether [`decode`] can take requests for `schema` at all: every feature numeric (`float`
-/// or `int`), limited by a range if at all.
-pub fn eligible(schema: &Schema) -> bool {
-    !schema.features.is_empty()
-        && schema.features.iter().all(|f| {
-            matches!(f.dtype, Dtype::Float | Dtype::Int)
-                && matches!(f.values, None | Some(FeatureValues::Range { .. }))
+/// What [`Plan::decode`] needs of a schema, worked out once (when a model's routes are made)
+/// rather than for every request: what validation accepts of each feature, and which names
+/// can be matched by one comparison.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Per feature, what validation accepts.
+    accepts: Vec<Accept>,
+    /// Per feature, whether its name holds no quote, backslash or control character: a body
+    /// can then write it as it is, and one comparison matches it (see
+    /// [`Parser::plain_string_is`]). Other names are read as strings.
+    plain_names: Vec<bool>,
+}
+
+impl Plan {
+    /// The plan for `schema`, when [`Plan::decode`] can take its requests at all: every feature
+    /// numeric (`float` or `int`), limited by a range if at all.
+    pub fn new(schema: &Schema) -> Option<Plan> {
+        let eligible = !schema.features.is_empty()
+            && schema.features.iter().all(|f| {
+                matches!(f.dtype, Dtype::Float | Dtype::Int)
+                    && matches!(f.values, None | Some(FeatureValues::Range { .. }))
+            });
+        eligible.then(|| Plan {
+            accepts: schema.features.iter().map(Accept::of).collect(),
+            plain_names: schema
+                .features
+                .iter()
+                .map(|f| !f.name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20))
+                .collect(),
         })
+    }
+
+    /// Decode `body` into the columns of `schema` (the schema this plan was made for) when the
+    /// body is one of the common shapes and every row is valid; `None` otherwise (the caller
+    /// takes the general path).
+    pub fn decode(&self, schema: &Schema, body: &[u8]) -> Option<FastRows> {
+        let n_cols = schema.features.len();
+        if n_cols != self.accepts.len() || body.len() >= u32::MAX as usize {
+            return None;
+        }
+        // A small body's columns get their room at once, a row for every four bytes of the
+        // body per column (a short number and its comma): one allocation each, instead of a
+        // first push and a reserve after the first row. Twice that room emptied the
+        // allocator's thread cache at 30 columns. A column of shorter cells grows as usual. A
+        // large body's first row tells how much room to take.
+        let rows_room = if body.len() <= SMALL_BODY { body.len() / (4 * n_cols) + 1 } else { 0 };
+        let mut p = Parser {
+            s: body,
+            i: 0,
+            schema,
+            plain_names: &self.plain_names,
+            accepts: self.accepts.clone(),
+            columns: (0..n_cols).map(|_| Vec::with_capacity(rows_room)).collect(),
+            // One cell makes no span smaller than its word.
+            cells: if n_cols >= 2 {
+                Cells::Rows(Vec::with_capacity(rows_room))
+            } else {
+                Cells::Words(Vec::with_capacity(rows_room))
+            },
+            row_words: Vec::new(),
+            seen: Vec::new(),
+            long_seen: false,
+            n_rows: 0,
+        };
+        p.ws();
+        match p.peek()? {
+            b'{' => p.top_object()?,
+            b'[' => p.rows_list()?,
+            _ => return None,
+        }
+        p.ws();
+        if p.i != body.len() {
+            return None;
+        }
+        let n_rows = p.n_rows;
+        let table = Table {
+            n_rows,
+            columns: p.columns.into_iter().map(Column::Numeric).collect(),
+            // Every row is kept (see `Table::source_rows`).
+            source_rows: Vec::new(),
+        };
+        Some(FastRows { table, echo: EchoText { cells: p.cells, n_cols } })
+    }
 }
 
 /// Bodies up to this many bytes have their columns sized from the body's length at once.
 const SMALL_BODY: usize = 16 * 1024;
 
-/// Decode `body` into the columns of `schema` when the body is one of the common shapes and
-/// every row is valid; `None` otherwise (the caller takes the general path).
+/// [`Plan::decode`] with a plan made for this one body (tests and benchmarks; a server makes
+/// the plan once per model).
 pub fn decode(schema: &Schema, body: &[u8]) -> Option<FastRows> {
-    if !eligible(schema) || body.len() >= u32::MAX as usize {
-        return None;
-    }
-    let n_cols = schema.features.len();
-    // A small body's columns get their room at once, a row for every four bytes of the body
-    // per column (a short number and its comma): one allocation each, instead of a first push
-    // and a reserve after the first row. Twice that room emptied the allocator's thread cache
-    // at 30 columns. A column of shorter cells grows as usual. A large body's first row tells
-    // how much room to take.
-    let rows_room = if body.len() <= SMALL_BODY { body.len() / (4 * n_cols) + 1 } else { 0 };
-    let mut p = Parser {
-        s: body,
-        i: 0,
-        schema,
-        accepts: schema.features.iter().map(Accept::of).collect(),
-        columns: (0..n_cols).map(|_| Vec::with_capacity(rows_room)).collect(),
-        // One cell makes no span smaller than its word.
-        cells: if n_cols >= 2 {
-            Cells::Rows(Vec::with_capacity(rows_room))
-        } else {
-            Cells::Words(Vec::with_capacity(rows_room))
-        },
-        row_words: Vec::new(),
-        seen: Vec::new(),
-        long_seen: false,
-        n_rows: 0,
-    };
-    p.ws();
-    match p.peek()? {
-        b'{' => p.top_object()?,
-        b'[' => p.rows_list()?,
-        _ => return None,
-    }
-    p.ws();
-    if p.i != body.len() {
-        return None;
-    }
-    let n_rows = p.n_rows;
-    let table = Table {
-        n_rows,
-        columns: p.columns.into_iter().map(Column::Numeric).collect(),
-        // Every row is kept (see `Table::source_rows`).
-        source_rows: Vec::new(),
-    };
-    Some(FastRows { table, echo: EchoText { cells: p.cells, n_cols } })
+    Plan::new(schema)?.decode(schema, body)
 }
 
 struct Parser<'a> {
     s: &'a [u8],
     i: usize,
     schema: &'a Schema,
-    /// Per feature, what validation accepts.
+    /// Per feature, whether its name is matched by one comparison (see [`Plan`]).
+    plain_names: &'a [bool],
+    /// Per feature, what validation accepts (the plan's, with [`Accept::long`] set as met).
     accepts: Vec<Accept>,
     /// The values so far, one column per feature.
     columns: Vec<Vec<f64>>,
@@ -328,17 +406,17 @@ impl<'a> Parser<'a> {
         Some(text)
     }
 
-    /// Whether the string here is `text` as it is, without escapes; consumed if so. A text
-    /// holding a quote, a backslash or a control character never matches: the body's string
-    /// would then hold an escape (or be invalid), and only [`Parser::string`] reads those.
+    /// Whether the string here is `text` as it is, without escapes; consumed if so. `text`
+    /// must hold no quote, backslash or control character (a plain name of the [`Plan`]): the
+    /// body's string would then hold an escape (or be invalid), and only [`Parser::string`]
+    /// reads those.
     fn plain_string_is(&mut self, text: &[u8]) -> bool {
         self.ws();
         let n = text.len();
         let matched = self
             .s
             .get(self.i..self.i + n + 2)
-            .is_some_and(|s| s[0] == b'"' && s[n + 1] == b'"' && &s[1..=n] == text)
-            && !text.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            .is_some_and(|s| s[0] == b'"' && s[n + 1] == b'"' && &s[1..=n] == text);
         if matched {
             self.i += n + 2;
         }
@@ -445,7 +523,8 @@ impl<'a> Parser<'a> {
         loop {
             let expected = schema.features.get(n).map(|f| f.name.as_bytes());
             // The common case, the schema's name written plainly, is one comparison.
-            if !expected.is_some_and(|name| self.plain_string_is(name)) {
+            let plain = self.plain_names.get(n).copied().unwrap_or(false);
+            if !(plain && expected.is_some_and(|name| self.plain_string_is(name))) {
                 let name = self.string()?;
                 same &= expected.is_some_and(|e| e == name);
             }
@@ -525,8 +604,10 @@ impl<'a> Parser<'a> {
         let n_cols = self.columns.len();
         self.row_words.resize(n_cols, EchoText::FORMAT);
         // Whether the row is compact so far (every cell has its text, one byte after the end
-        // of the one before), and where the last cell ended: known as the row is read.
+        // of the one before, or two with a space after the comma), whether it is spaced, and
+        // where the last cell ended: known as the row is read.
         let mut compact = true;
+        let mut spaced = false;
         let mut last_end = i.wrapping_sub(1);
         let cells = self.accepts.iter_mut().zip(&mut self.columns).zip(self.row_words.iter_mut());
         for (j, ((check, column), cell)) in cells.enumerate() {
@@ -549,7 +630,10 @@ impl<'a> Parser<'a> {
             };
             column.push(check.value(&number)?);
             *cell = check.echo_cell(&number, start, i - start);
-            compact &= (*cell != EchoText::FORMAT) & (start == last_end.wrapping_add(1));
+            let gap = start.wrapping_sub(last_end);
+            let spaced_here = j > 0 && gap == 2 && s[last_end + 1] == b' ';
+            compact &= (*cell != EchoText::FORMAT) & (gap == 1 || spaced_here);
+            spaced |= spaced_here;
             last_end = i;
             while let Some(b' ' | b'\n' | b'\r' | b'\t') = s.get(i) {
                 i += 1;
@@ -565,7 +649,8 @@ impl<'a> Parser<'a> {
             if let Cells::Rows(rows) = &mut self.cells {
                 // Cell offsets are below 2^27 (else a cell's word is the format marker), so
                 // their ends fit a word.
-                rows.push([row_start as u32, last_end as u32]);
+                let mark = if spaced { EchoText::SPACED } else { 0 };
+                rows.push([row_start as u32, last_end as u32 | mark]);
                 return Some(());
             }
         }
@@ -576,8 +661,9 @@ impl<'a> Parser<'a> {
     }
 
     /// Reads the row at the current position when it is compact and copied whole: every cell
-    /// a short number (see [`short_at`]) followed right away by its separator, valid, with the
-    /// text the echo writes. Its values are pushed and its span kept; `false` otherwise, with
+    /// a short number (see [`short_at`]) followed right away by its separator, and maybe one
+    /// space after a comma (the row is then marked [`EchoText::SPACED`]), valid, with the text the echo
+    /// writes. Its values are pushed and its span kept; `false` otherwise, with
     /// nothing pushed or read: the caller reads the row cell by cell (and declines the body
     /// when the row is invalid). Only while every row so far was compact: the echo then needs
     /// no cell words, which leaves the loop a few steps a cell.
@@ -590,8 +676,14 @@ impl<'a> Parser<'a> {
         let mut i = self.i;
         let n_cols = self.columns.len();
         let mut pushed = 0;
+        let mut spaced = false;
         for (j, (check, column)) in self.accepts.iter().zip(&mut self.columns).enumerate() {
             let sep = if j + 1 == n_cols { b']' } else { b',' };
+            // One space after a comma, as Python's `json.dumps` writes rows.
+            if j > 0 && s.get(i) == Some(&b' ') {
+                i += 1;
+                spaced = true;
+            }
             let Some(x) = short_at(s, i, sep).and_then(|(number, end)| {
                 i = end + 1;
                 let same = if check.int { number.int_text } else { number.float_text };
@@ -605,7 +697,8 @@ impl<'a> Parser<'a> {
         // The row's text ends where its `]` is; offsets below 2^27 fit a word.
         let end = i - 1;
         if pushed == n_cols && end < EchoText::OFFSET_LIMIT {
-            rows.push([self.i as u32, end as u32]);
+            let mark = if spaced { EchoText::SPACED } else { 0 };
+            rows.push([self.i as u32, end as u32 | mark]);
             self.i = i;
             self.n_rows += 1;
             return true;
@@ -621,10 +714,13 @@ impl<'a> Parser<'a> {
     fn cells_by_word(&mut self, s: &[u8]) -> &mut Vec<u32> {
         if let Cells::Rows(rows) = &self.cells {
             let mut words = Vec::with_capacity(rows.len() * self.columns.len());
-            for &[start, end] in rows {
-                let mut at = start as usize;
-                for text in s[at..end as usize].split(|&b| b == b',') {
-                    words.push(EchoText::pack(at, text.len()));
+            for &span in rows {
+                let (span, _) = EchoText::span_of_row(span);
+                let mut at = span.start;
+                for text in s[span].split(|&b| b == b',') {
+                    // A spaced row's cells start after their space.
+                    let lead = usize::from(text.first() == Some(&b' '));
+                    words.push(EchoText::pack(at + lead, text.len() - lead));
                     at += text.len() + 1;
                 }
             }
@@ -1414,8 +1510,25 @@ mod tests {
         assert!(!decoded.echo.copies_column(n_cols));
         assert_eq!(decoded.echo.cell(compact.as_bytes(), 0, n_cols), None);
         assert_eq!(decoded.echo.row_span(3), None);
-        // Rows may be apart, but one row spaced inside keeps the per-cell form.
+        // Rows may be apart; a row whose cells are one comma and one space apart keeps the
+        // span form, copied without its spaces.
         let spaced = format!("[{}, {}]", row(1), row(2).replacen(',', ", ", 1));
+        let decoded = decode(&schema, spaced.as_bytes()).expect("the fast path takes it");
+        assert!(matches!(decoded.echo.cells, Cells::Rows(_)), "{:?}", decoded.echo);
+        let mut out = Vec::new();
+        assert!(decoded.echo.copy_row(spaced.as_bytes(), 1, &mut out));
+        assert_eq!(out, &row(2).as_bytes()[1..row(2).len() - 1]);
+        // The same at the body's end, where the row is read cell by cell (no eight bytes
+        // after its last number).
+        let last = row(2).replace(',', ", ");
+        let decoded = decode(&schema, format!("[{last}]").as_bytes()).expect("the fast path takes it");
+        assert!(matches!(decoded.echo.cells, Cells::Rows(_)), "{:?}", decoded.echo);
+        let mut out = Vec::new();
+        assert!(decoded.echo.copy_row(format!("[{last}]").as_bytes(), 0, &mut out));
+        assert_eq!(out, &row(2).as_bytes()[1..row(2).len() - 1]);
+        assert_eq!(decoded.echo.row_span(0), None);
+        // A row spaced otherwise (two spaces, a space before a comma) takes the per-cell form.
+        let spaced = format!("[{}, {}]", row(1), row(2).replacen(',', ",  ", 1));
         let decoded = decode(&schema, spaced.as_bytes()).expect("the fast path takes it");
         assert!(matches!(decoded.echo.cells, Cells::Words(_)));
         // The compact row read before keeps its cells through the change of form.
@@ -1691,6 +1804,6 @@ mod tests {
             allow_nan: false,
             missing: false,
         }]);
-        assert!(!eligible(&category));
+        assert!(Plan::new(&category).is_none());
     }
 }

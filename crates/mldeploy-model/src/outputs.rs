@@ -12,6 +12,7 @@
 //! as class indexes into one shared list of its classes ([`Values::Classes`]), not as one copy
 //! of a label per row; every protocol renders them as the labels they stand for.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::ser::{SerializeSeq, Serializer};
@@ -343,7 +344,7 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
     /// The output's name (the Open Inference Protocol's output name).
-    pub name: String,
+    pub name: Cow<'static, str>,
     /// What it is.
     pub role: Role,
     /// Its values.

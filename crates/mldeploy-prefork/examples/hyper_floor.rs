@@ -4,7 +4,7 @@
 //! whole and answered `200 {"ok":true}`, as nginx answers in the benchmarks.
 //!
 //! `hyper_floor PORT WORKERS THREADS`, on 127.0.0.1; run beside nginx and mldeploy by
-//! `scripts/bench/hot_path.sh`.
+//! `scripts/bench/hot_path.sh`. TERM stops it (exit 0).
 
 #![forbid(unsafe_code)]
 
@@ -88,7 +88,15 @@ impl App for Floor {
 
 async fn accept_loop(listener: tokio::net::TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of descriptors, or a connection reset before it was accepted: wait a little
+            // rather than spin on the error.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let _ = http1::Builder::new()
@@ -110,13 +118,18 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 }
 
 fn main() -> ExitCode {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let [port, workers, threads] = args[..] else {
-        eprintln!("usage: hyper_floor PORT WORKERS THREADS");
-        return ExitCode::FAILURE;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parsed = match &args[..] {
+        [port, workers, threads] => match (port.parse::<u16>(), workers.parse::<usize>(), threads.parse()) {
+            (Ok(port), Ok(workers), Ok(threads)) if workers > 0 && threads > 0 => {
+                Some((port, workers, threads))
+            }
+            _ => None,
+        },
+        _ => None,
     };
-    let Ok(port) = u16::try_from(port) else {
-        eprintln!("hyper_floor: no such port: {port}");
+    let Some((port, workers, threads)) = parsed else {
+        eprintln!("usage: hyper_floor PORT WORKERS THREADS (a port number, workers and threads >= 1)");
         return ExitCode::FAILURE;
     };
     let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
@@ -130,7 +143,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code =
-        mldeploy_prefork::run(Floor { workers: workers.max(1), threads: threads.max(1) }, listeners, log);
+    let code = mldeploy_prefork::run(Floor { workers, threads }, listeners, log);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -6,6 +6,8 @@
 //! `layers.{i}.bias` `[outputs]` for each of the manifest's `layers`; MLP kinds name their
 //! hidden `activation`.
 
+use std::cell::RefCell;
+
 use candle_core::{Device, Tensor};
 use mldeploy_model::LoadContext;
 use safetensors::{Dtype as StDtype, SafeTensors};
@@ -221,14 +223,16 @@ impl Network {
         self.layers.iter().map(|l| l.w.len()).sum()
     }
 
-    /// The forward pass in plain loops, row by row: the same operations as [`Network::forward`]
-    /// (the product, then the bias; the row maximum subtracted before the softmax's `exp`).
-    fn forward_small(&self, inputs: &[f64], n_rows: usize) -> Forward {
-        let n_out = self.layers.last().map_or(0, |l| l.b.len());
-        let mut scores = Vec::with_capacity(n_rows * n_out);
-        let widest = self.layers.iter().map(|l| l.b.len()).max().unwrap_or(0);
-        let mut x: Vec<f64> = Vec::with_capacity(self.n_inputs.max(widest));
-        let mut y: Vec<f64> = Vec::with_capacity(widest);
+    /// The scores of `n_rows` rows of `inputs`, row by row, appended to `scores`; `x` and `y`
+    /// are room for one layer's values each.
+    fn rows_small(
+        &self,
+        inputs: &[f64],
+        n_rows: usize,
+        x: &mut Vec<f64>,
+        y: &mut Vec<f64>,
+        scores: &mut Vec<f64>,
+    ) {
         let last = self.layers.len() - 1;
         for row in inputs.chunks_exact(self.n_inputs).take(n_rows) {
             x.clear();
@@ -263,10 +267,19 @@ impl Network {
                         Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
                     }
                 }
-                std::mem::swap(&mut x, &mut y);
+                std::mem::swap(x, y);
             }
-            scores.extend_from_slice(&x);
+            scores.extend_from_slice(x);
         }
+    }
+
+    /// The forward pass in plain loops, row by row: the same operations as [`Network::forward`]
+    /// (the product, then the bias; the row maximum subtracted before the softmax's `exp`).
+    fn forward_small(&self, inputs: &[f64], n_rows: usize) -> Forward {
+        let n_out = self.layers.last().map_or(0, |l| l.b.len());
+        let mut scores = Vec::with_capacity(n_rows * n_out);
+        // The two layer buffers are the thread's own, kept from one request to the next.
+        SCRATCH.with_borrow_mut(|(x, y)| self.rows_small(inputs, n_rows, x, y, &mut scores));
         let activated = match self.output {
             OutputActivation::Identity => None,
             OutputActivation::Logistic => Some(scores.iter().map(|&s| logistic_f64(s)).collect()),
@@ -406,6 +419,11 @@ impl Engine for Network {
 
 fn dtype_name(dtype: StDtype) -> String {
     format!("{dtype:?}")
+}
+
+thread_local! {
+    /// Room for one layer's values and the next's, for [`Network::rows_small`].
+    static SCRATCH: RefCell<(Vec<f64>, Vec<f64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// One tensor of the weights file as `f64` values, with its shape checked to be `rank`-D.

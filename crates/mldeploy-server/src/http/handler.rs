@@ -3,7 +3,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -36,7 +38,7 @@ pub(crate) async fn handle(
 ) -> Result<Response<ResBody>, Infallible> {
     let metrics = &server.ctx.metrics;
     let in_flight = metrics.request_started();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let id = request_id(&server, &parts.headers);
     let id_text = id.to_str().unwrap_or("-");
     let matched = server.router.find(parts.uri.path());
@@ -64,7 +66,9 @@ pub(crate) async fn handle(
             "remote" => %remote, "method" => parts.method.as_str(), "path" => path, "status" => status,
             "bytes" => bytes, "duration_ms" => seconds * 1000.0, "request_id" => id_text);
     }
-    let response = into_response(&server, state, seq, &parts, reply, id);
+    // The request's header map, emptied, holds the answer's: its memory is reused.
+    let headers = std::mem::take(&mut parts.headers);
+    let response = into_response(&server, state, seq, headers, reply, id);
     server.request_completed();
     Ok(response)
 }
@@ -191,7 +195,14 @@ async fn read_body(
     let mut joined: Option<BytesMut> = None;
     let mut total = 0usize;
     loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+        // A frame that has arrived is taken without arming the deadline's timer (most bodies
+        // arrive with their head).
+        let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+        let frame = match polled {
+            Poll::Ready(frame) => Ok(frame),
+            Poll::Pending => tokio::time::timeout_at(deadline, body.frame()).await,
+        };
+        let frame = match frame {
             Err(_) => {
                 state.mark_linger();
                 let message = "the request body did not arrive in time";
@@ -223,6 +234,10 @@ async fn read_body(
                 joined = Some(buf);
             }
             (Some(_), Some(buf)) => buf.put_slice(&data),
+        }
+        // The declared length has arrived: no need to wait for the end to be said.
+        if body.is_end_stream() {
+            break;
         }
     }
     Ok(match joined {
@@ -301,11 +316,13 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// The response to `reply`, its headers written into `headers` (the request's, whose `Origin`
+/// is read first).
 fn into_response(
     server: &Arc<Server>,
     state: Arc<ConnState>,
     seq: u64,
-    parts: &Parts,
+    mut headers: HeaderMap,
     reply: Reply,
     id: HeaderValue,
 ) -> Response<ResBody> {
@@ -315,20 +332,22 @@ fn into_response(
         Some(chunks) => ResBody::chunked(*chunks, state, seq, large),
         None => ResBody::new(reply.body, state, seq, large),
     };
-    let mut response = Response::new(body);
-    *response.status_mut() = reply.status;
-    let headers = response.headers_mut();
+    let origin = headers.remove(header::ORIGIN);
+    headers.clear();
     if let Some(content_type) = reply.content_type {
         headers.insert(header::CONTENT_TYPE, content_type);
     }
     headers.insert(X_REQUEST_ID, id);
-    server.cors.apply(parts.headers.get(header::ORIGIN), headers);
+    server.cors.apply(origin.as_ref(), &mut headers);
     if reply.close {
         headers.insert(header::CONNECTION, CLOSE);
     }
     for (name, value) in reply.headers {
         headers.insert(name, value);
     }
+    let mut response = Response::new(body);
+    *response.status_mut() = reply.status;
+    *response.headers_mut() = headers;
     response
 }
 

@@ -118,9 +118,9 @@ pub(crate) struct Fragments {
     tail: Vec<u8>,
     /// The JSON of the model's `classes`, when it lists them.
     classes: Option<Vec<u8>>,
-    /// Whether requests may be decoded straight into the table ([`fast::decode`]): the model
-    /// has an all-numeric schema and does not read the JSON body itself.
-    fast: bool,
+    /// How requests are decoded straight into the table, when they may be: the model has an
+    /// all-numeric schema and does not read the JSON body itself.
+    fast: Option<fast::Plan>,
 }
 
 impl Fragments {
@@ -131,7 +131,7 @@ impl Fragments {
         tail.extend_from_slice(b",\"version\":");
         write_str(&mut tail, &info.version);
         let classes = info.outputs.get("classes").map(|c| serde_json::to_vec(c).unwrap_or_default());
-        let fast = entry.schema.as_ref().is_some_and(fast::eligible) && !entry.model.reads_body();
+        let fast = entry.schema.as_ref().filter(|_| !entry.model.reads_body()).and_then(fast::Plan::new);
         Fragments { tail, classes, fast }
     }
 }
@@ -151,7 +151,7 @@ fn predict(cx: &ServeContext, index: usize, parts: &Fragments, req: &Request<'_>
     // The common shapes, every row valid: straight from the bytes into the table. Anything
     // else (other shapes, any invalid row) takes the general path, which names the problems.
     let decoded = match (&entry.schema, &form) {
-        (Some(schema), None) if parts.fast => fast::decode(schema, &req.body),
+        (Some(schema), None) => parts.fast.as_ref().and_then(|plan| plan.decode(schema, &req.body)),
         _ => None,
     };
     let (body, checked, echo) = match decoded {
@@ -359,7 +359,7 @@ impl Serialize for TargetJson<'_> {
         // By name, but once per key: an output already listed under its own name as an alias
         // (an ONNX graph's `probabilities`) is not listed twice.
         for o in outputs.iter().filter(|o| by_name || alias(o).is_none()) {
-            let listed = written.contains(&Some(o.name.as_str())) || has_probabilities && o.name == "classes";
+            let listed = written.contains(&Some(&*o.name)) || has_probabilities && o.name == "classes";
             if !listed {
                 map.serialize_entry(&o.name, &o.tensor.nested())?;
             }
@@ -578,7 +578,7 @@ fn write_outputs<S: TargetSink>(
         }
     }
     for (i, o) in outputs.iter().enumerate().filter(|(_, o)| by_name || alias(o).is_none()) {
-        let listed = written.contains(&Some(o.name.as_str())) || has_probabilities && o.name == "classes";
+        let listed = written.contains(&Some(&*o.name)) || has_probabilities && o.name == "classes";
         if !listed {
             key(sink.text(), &o.name);
             sink.tensor(i, o, false)?;
@@ -710,12 +710,9 @@ fn write_row(
 ) {
     out.push(b'[');
     // A compact row whose every cell is copied is copied whole.
-    if let Some((body, cells)) = echo {
-        if let Some(text) = cells.row_span(r).and_then(|span| body.get(span)) {
-            out.extend_from_slice(text);
-            out.push(b']');
-            return;
-        }
+    if echo.is_some_and(|(body, cells)| cells.copy_row(body, r, out)) {
+        out.push(b']');
+        return;
     }
     for (c, (feature, column)) in features.iter().zip(&table.columns).enumerate() {
         if c > 0 {
@@ -1006,7 +1003,7 @@ mod tests {
     }
 
     fn output(name: &str, role: Role, tensor: Tensor) -> Output {
-        Output { name: name.into(), role, tensor }
+        Output { name: name.to_string().into(), role, tensor }
     }
 
     /// The direct writer gives serde_json's bytes of [`Body`].

@@ -388,7 +388,7 @@ impl OnnxModel {
                     .ok_or_else(|| ModelError::Internal(format!("the run gave no output {:?}", io.name)))?;
                 let tensor =
                     read_output(io, value).map_err(|e| internal(&format!("output {:?}", io.name), e))?;
-                outputs.push(Output { name: io.name.clone(), role: *role, tensor });
+                outputs.push(Output { name: io.name.clone().into(), role: *role, tensor });
             }
             Ok(outputs)
         })

@@ -422,7 +422,7 @@ fn infer(cx: &ServeContext, index: usize, entry: &ModelEntry, req: &Request<'_>)
         Target::Json(Value::Object(map)) => map
             .iter()
             .map(|(name, value)| Output {
-                name: name.clone(),
+                name: name.clone().into(),
                 role: Role::Other,
                 tensor: tensor::tensor_from_json(value),
             })
@@ -437,7 +437,7 @@ fn infer(cx: &ServeContext, index: usize, entry: &ModelEntry, req: &Request<'_>)
         let mut chosen = Vec::with_capacity(wanted.listed.len());
         for (name, binary) in &wanted.listed {
             let Some(output) = outputs.iter().find(|o| &o.name == name) else {
-                let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+                let names: Vec<&str> = outputs.iter().map(|o| &*o.name).collect();
                 return Err(bad_request(&format!(
                     "unknown output {name:?} (the model answers {})",
                     names.join(", ")
