@@ -26,7 +26,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use mldeploy_model::{MetricDesc, MetricKind, MetricsSink, Model};
@@ -210,8 +210,22 @@ struct Builtins {
 
 /// The `model` and `version` labels of one model, encoded once: the first labels of every
 /// family that carries them.
-#[derive(Clone)]
-pub struct ModelKey(Key);
+pub struct ModelKey {
+    key: Key,
+    /// The model's series of the predictions counter, once found: the number of the
+    /// [`Metrics`] it was found in (high half) and the entry (low half); 0 for none. Saves a
+    /// hashed lookup per prediction.
+    predictions: AtomicU64,
+}
+
+impl Clone for ModelKey {
+    fn clone(&self) -> ModelKey {
+        ModelKey { key: self.key.clone(), predictions: AtomicU64::new(0) }
+    }
+}
+
+/// Numbers the [`Metrics`] of this process, for [`ModelKey`]'s cached series.
+static NEXT_METRICS: AtomicU32 = AtomicU32::new(1);
 
 impl ModelKey {
     /// Empty labels, for requests that concern no model.
@@ -230,7 +244,7 @@ impl ModelKey {
             key.push(store::OVERFLOW_VALUE);
             key.push(store::OVERFLOW_VALUE);
         }
-        ModelKey(key)
+        ModelKey { key, predictions: AtomicU64::new(0) }
     }
 }
 
@@ -240,6 +254,8 @@ struct Inner {
     enabled: bool,
     /// This process's in-flight word, claimed at its first request (after the fork).
     inflight: OnceLock<&'static AtomicU64>,
+    /// This handle's number in the process (see [`ModelKey`]).
+    number: u32,
 }
 
 /// Handle to the metric store. Cheap to clone.
@@ -318,7 +334,15 @@ impl Metrics {
             events: next(),
             model_errors: next(),
         };
-        let metrics = Metrics { inner: Arc::new(Inner { store, fam, enabled, inflight: OnceLock::new() }) };
+        let metrics = Metrics {
+            inner: Arc::new(Inner {
+                store,
+                fam,
+                enabled,
+                inflight: OnceLock::new(),
+                number: NEXT_METRICS.fetch_add(1, Ordering::Relaxed),
+            }),
+        };
         // Series that should read 0 before anything happens.
         // Every restart reason reads 0 before it first happens.
         for reason in RestartReason::ALL.into_iter().filter(|r| r.is_restart()) {
@@ -363,7 +387,7 @@ impl Metrics {
             return;
         }
         let f = &self.inner.fam.requests;
-        let mut key = model.0.clone();
+        let mut key = model.key.clone();
         key.push(method);
         key.push(route);
         key.push_status(status);
@@ -377,7 +401,18 @@ impl Metrics {
             return;
         }
         let f = &self.inner.fam.predictions;
-        let entry = self.store().series(f, &model.0);
+        let tag = u64::from(self.inner.number) << 32;
+        let cached = model.predictions.load(Ordering::Relaxed);
+        let entry = if cached != 0 && cached & !0xffff_ffff == tag {
+            (cached & 0xffff_ffff) as usize
+        } else {
+            // A series never moves once made (nor does the overflow series).
+            let entry = self.store().series(f, &model.key);
+            if let Ok(low) = u32::try_from(entry) {
+                model.predictions.store(tag | u64::from(low), Ordering::Relaxed);
+            }
+            entry
+        };
         self.store().add_int(f, entry, rows);
     }
 

@@ -100,6 +100,30 @@ fn sum_of(samples: &[Sample], name: &str) -> f64 {
 }
 
 #[test]
+fn one_model_key_counts_in_each_store_it_is_used_with() {
+    // The key remembers where its predictions series is; another store must not be written
+    // at that place, and a series placed elsewhere there must still be found.
+    // Stores of other sizes: the same series lies elsewhere in each.
+    let (a, b) = (metrics(64), metrics(8));
+    b.predictions(&ModelKey::new("other", "1"), 1);
+    let iris = ModelKey::new("iris", "1.0");
+    a.predictions(&iris, 2);
+    b.predictions(&iris, 3);
+    a.predictions(&iris, 4);
+    let labels = [("model", "iris"), ("version", "1.0")];
+    let count = |m: &Metrics| {
+        value_of(&parse(&m.render(Format::Prometheus, &[])), "mldeploy_predictions_total", &labels)
+    };
+    assert_eq!(count(&a), Some(6.0));
+    assert_eq!(count(&b), Some(3.0));
+    let other = [("model", "other"), ("version", "1")];
+    assert_eq!(
+        value_of(&parse(&b.render(Format::Prometheus, &[])), "mldeploy_predictions_total", &other),
+        Some(1.0)
+    );
+}
+
+#[test]
 fn concurrent_updates_add_up_exactly() {
     let m = metrics(64);
     let iris = ModelKey::new("iris", "1.0");

@@ -557,8 +557,16 @@ fn write_outputs<S: TargetSink>(
         if !std::mem::take(&mut first) {
             out.push(b',');
         }
-        write_str(out, name);
-        out.push(b':');
+        // ml-deploy's own keys are written as they are; an output's name may need escapes.
+        match name {
+            "y_predicted" => out.extend_from_slice(b"\"y_predicted\":"),
+            "probabilities" => out.extend_from_slice(b"\"probabilities\":"),
+            "classes" => out.extend_from_slice(b"\"classes\":"),
+            _ => {
+                write_str(out, name);
+                out.push(b':');
+            }
+        }
     };
     let mut has_probabilities = false;
     let mut written: [Option<&str>; 2] = [None; 2];
