@@ -28,7 +28,12 @@
 # "--balance-connections false"), FLOOR_BIN (default target/release/examples/hyper_floor,
 # built when missing),
 # MLDEPLOY_TOOLS_DIR (the ml-deploy virtualenv of scripts/bench.sh, which creates it),
-# HOT_OUT (default a new temporary directory).
+# HOT_OUT (default a new temporary directory), PIN (default 0).
+#
+# PIN=1 runs every server on CPU 0 and wrk on CPU 1 (taskset): each server then has one core
+# to itself and the load generator the other, so a rate tells the server's CPU per request.
+# Unpinned, wrk's two threads share both cores with the workers, and a round's rate also
+# depends on how the connections happen to pair wrk's threads with the workers.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -42,6 +47,7 @@ BIN=${MLDEPLOY_BIN:-$ROOT/target/release/mldeploy}
 BASE_BIN=${MLDEPLOY_BASE_BIN:-}
 BASE_ARGS=${BASE_ARGS:-}
 FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/examples/hyper_floor}
+PIN=${PIN:-0}
 VENV=${MLDEPLOY_TOOLS_DIR:-$HOME/.cache/mldeploy-tools}/mldeploy-venv
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # shellcheck source=common.sh
@@ -50,6 +56,14 @@ source "$ROOT/scripts/bench/common.sh"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive number"
 command -v wrk >/dev/null || die "wrk is missing (scripts/bench.sh installs it)"
 [[ -x $VENV/bin/ml-deploy ]] || die "no ml-deploy virtualenv in $VENV: run scripts/bench.sh once"
+PIN_SERVER=() PIN_WRK=()
+if [[ $PIN == 1 ]]; then
+    command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
+    (($(nproc) >= 2)) || die "PIN=1 needs two CPUs"
+    PIN_SERVER=(taskset -c 0) PIN_WRK=(taskset -c 1)
+elif [[ $PIN != 0 ]]; then
+    die "PIN must be 0 or 1"
+fi
 ensure_release_bin
 if [[ ! -x $FLOOR_BIN ]]; then
     (cd "$ROOT" && cargo build -j2 --release -p mldeploy-prefork --example hyper_floor) || die "hyper_floor build failed"
@@ -90,7 +104,7 @@ start() { # SYSTEM WORKERS THREADS
             mkdir -p "$WORK/nginx-$port"
             sed -e "s|@WORKERS@|$w|g" -e "s|@PORT@|$port|g" -e "s|@DIR@|$WORK/nginx-$port|g" \
                 "$BENCH_DIR/nginx.conf.in" >"$WORK/nginx-$port/nginx.conf"
-            "$NGINX" -p "$WORK/nginx-$port" -c "$WORK/nginx-$port/nginx.conf" -g 'daemon off;' \
+            "${PIN_SERVER[@]}" "$NGINX" -p "$WORK/nginx-$port" -c "$WORK/nginx-$port/nginx.conf" -g 'daemon off;' \
                 >"$OUT/$system.log" 2>&1 &
             URL[$system]="http://127.0.0.1:$port/" ;;
         ml-deploy | ml-deploy-lean)
@@ -98,23 +112,23 @@ start() { # SYSTEM WORKERS THREADS
             [[ $system == ml-deploy-lean ]] && config=ml-deploy-lean-config.yaml
             mkdir -p "$WORK/cwd-$port"
             (cd "$WORK/cwd-$port" && PYTHONPATH="$BENCH_DIR" BENCH_PIPELINE="$MODEL/pipeline.joblib" \
-                exec "$VENV/bin/ml-deploy" --config "$BENCH_DIR/$config" --mode production \
+                exec "${PIN_SERVER[@]}" "$VENV/bin/ml-deploy" --config "$BENCH_DIR/$config" --mode production \
                 --workers "$w" --threads "$t" --http-port "$port") >"$OUT/$system.log" 2>&1 &
             URL[$system]="http://127.0.0.1:$port/ml/api/predict" ;;
         hyper-floor)
-            "$FLOOR_BIN" "$port" "$w" "$t" >"$OUT/$system.log" 2>&1 &
+            "${PIN_SERVER[@]}" "$FLOOR_BIN" "$port" "$w" "$t" >"$OUT/$system.log" 2>&1 &
             URL[$system]="http://127.0.0.1:$port/" ;;
         mldeploy | mldeploy-base)
             local bin=$BIN extra=()
             [[ $system == mldeploy-base ]] && bin=$BASE_BIN && read -ra extra <<<"$BASE_ARGS"
-            "$bin" serve "$MODEL/mldeploy-package" --workers "$w" --threads "$t" \
+            "${PIN_SERVER[@]}" "$bin" serve "$MODEL/mldeploy-package" --workers "$w" --threads "$t" \
                 --bind "127.0.0.1:$port" --log-level error "${extra[@]}" >"$OUT/$system.log" 2>&1 &
             URL[$system]="http://127.0.0.1:$port/api/ml/predict" ;;
         mldeploy-demo | mldeploy-base-demo)
             local bin=$BIN extra=()
             [[ $system == mldeploy-base-demo ]] && bin=$BASE_BIN && read -ra extra <<<"$BASE_ARGS"
-            "$bin" serve --workers "$w" --threads "$t" --bind "127.0.0.1:$port" --log-level error \
-                "${extra[@]}" >"$OUT/$system.log" 2>&1 &
+            "${PIN_SERVER[@]}" "$bin" serve --workers "$w" --threads "$t" --bind "127.0.0.1:$port" \
+                --log-level error "${extra[@]}" >"$OUT/$system.log" 2>&1 &
             URL[$system]="http://127.0.0.1:$port/api/ml/predict" ;;
     esac
     PIDS+=($!)
@@ -142,6 +156,7 @@ fi
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), nproc $(nproc)"
     echo "rounds: $ROUNDS; wrk -t2 -c$CONNECTIONS -d${RUN_S}s --latency after a ${WARMUP_S} s warm-up"
     echo "loadavg_before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    if [[ $PIN == 1 ]]; then echo "pinned: servers on CPU 0, wrk on CPU 1"; else echo "pinned: no"; fi
 } >"$OUT/machine.txt"
 : >"$OUT/runs.tsv"
 for config in $CONFIGS; do
@@ -163,10 +178,10 @@ for config in $CONFIGS; do
             ((round % 2 == 0)) && order=$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')
             for system in $order; do
                 file=$MODEL/body-$body.json
-                BENCH_BODY=$file timeout $((WARMUP_S + 15)) wrk -t2 -c"$CONNECTIONS" -d"${WARMUP_S}s" \
+                BENCH_BODY=$file timeout $((WARMUP_S + 15)) "${PIN_WRK[@]}" wrk -t2 -c"$CONNECTIONS" -d"${WARMUP_S}s" \
                     -s "$BENCH_DIR/post_json.lua" "${URL[$system]}" >/dev/null 2>&1 || true
                 load=$(cut -d' ' -f1 /proc/loadavg)
-                line=$(BENCH_BODY=$file timeout $((RUN_S + 15)) wrk -t2 -c"$CONNECTIONS" -d"${RUN_S}s" \
+                line=$(BENCH_BODY=$file timeout $((RUN_S + 15)) "${PIN_WRK[@]}" wrk -t2 -c"$CONNECTIONS" -d"${RUN_S}s" \
                     --latency -s "$BENCH_DIR/post_json.lua" "${URL[$system]}" 2>&1 \
                     | grep '^BENCH_SUMMARY' | sed 's/^BENCH_SUMMARY //' || echo "requests=0")
                 printf '%s\t%s\t%s\t%s\t%s\tloadavg=%s\n' "$config" "$body" "$round" "$system" "$line" "$load" \
