@@ -9,7 +9,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use hyper::header::HeaderValue;
 use hyper::Method;
@@ -45,40 +44,6 @@ enum Segment {
     Rest(String),
 }
 
-/// The hash of the exact paths' map: a few multiplies for a path, where the default SipHash
-/// took about as long as the rest of the route's lookup. The map is built from the routes
-/// and only read with request paths: a path made to collide adds a probe to its own lookup,
-/// nothing that grows.
-#[derive(Default)]
-struct PathHasher(u64);
-
-impl Hasher for PathHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            self.mix(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])));
-        }
-        let mut last = [0u8; 8];
-        last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-        self.mix(u64::from_le_bytes(last) ^ bytes.len() as u64);
-    }
-
-    fn write_u8(&mut self, b: u8) {
-        self.mix(u64::from(b));
-    }
-
-    fn finish(&self) -> u64 {
-        let h = self.0;
-        (h ^ (h >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ (h >> 32)
-    }
-}
-
-impl PathHasher {
-    fn mix(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517C_C1B7_2722_0A95);
-    }
-}
-
 /// A matched path: its entry and its parameter values.
 pub(crate) struct Matched<'r> {
     pub entry: &'r PathEntry,
@@ -89,7 +54,9 @@ pub(crate) struct Matched<'r> {
 #[derive(Default)]
 pub(crate) struct Router {
     entries: Vec<PathEntry>,
-    exact: HashMap<String, usize, BuildHasherDefault<PathHasher>>,
+    /// Hashed with foldhash: SipHash took about as long as the rest of the lookup. Seeded
+    /// per map, and only read with request paths (nothing a client sends is inserted).
+    exact: HashMap<String, usize, foldhash::fast::RandomState>,
     patterns: Vec<(Vec<Segment>, usize)>,
     shadowed: Vec<String>,
 }
