@@ -49,9 +49,9 @@ enum Cells {
     /// 128 MiB of a body are formatted instead.
     Words(Vec<u32>),
     /// Every row is compact and copied whole (see [`EchoText::copy_row`]): per row, where its
-    /// text starts and ends, the end's word marked [`EchoText::SPACED`] when its cells are
-    /// one comma and one space apart. Two words a row instead of one a cell: for a large request of
-    /// several features, most of the echo's memory is saved.
+    /// text starts and ends, the end's word marked [`EchoText::SPACED`] when its cells are one
+    /// comma and one space apart. Two words a row instead of one a cell: for a large request
+    /// of several features, most of the echo's memory is saved.
     Rows(Vec<[u32; 2]>),
 }
 
@@ -107,6 +107,13 @@ impl EchoText {
                 Some(text.strip_prefix(b" ").unwrap_or(text))
             }
         }
+    }
+
+    /// The words of a row span from `start` to `end` (below [`EchoText::OFFSET_LIMIT`]),
+    /// spaced or not; [`EchoText::span_of_row`] reads them back.
+    fn row_words(start: usize, end: usize, spaced: bool) -> [u32; 2] {
+        let mark = if spaced { Self::SPACED } else { 0 };
+        [start as u32, end as u32 | mark]
     }
 
     /// A row span's text and whether its cells are spaced.
@@ -293,7 +300,7 @@ impl Plan {
             i: 0,
             schema,
             plain_names: &self.plain_names,
-            accepts: self.accepts.clone(),
+            accepts: &self.accepts,
             columns: (0..n_cols).map(|_| Vec::with_capacity(rows_room)).collect(),
             // One cell makes no span smaller than its word.
             cells: if n_cols >= 2 {
@@ -303,7 +310,7 @@ impl Plan {
             },
             row_words: Vec::new(),
             seen: Vec::new(),
-            long_seen: false,
+            long_columns: Vec::new(),
             n_rows: 0,
         };
         p.ws();
@@ -342,8 +349,8 @@ struct Parser<'a> {
     schema: &'a Schema,
     /// Per feature, whether its name is matched by one comparison (see [`Plan`]).
     plain_names: &'a [bool],
-    /// Per feature, what validation accepts (the plan's, with [`Accept::long`] set as met).
-    accepts: Vec<Accept>,
+    /// Per feature, what validation accepts.
+    accepts: &'a [Accept],
     /// The values so far, one column per feature.
     columns: Vec<Vec<f64>>,
     /// The echo so far: row spans while every row is compact and copied whole, else cell words.
@@ -353,9 +360,12 @@ struct Parser<'a> {
     row_words: Vec<u32>,
     /// For records: which features the current record has set.
     seen: Vec<bool>,
-    /// Some column of an array row held a number that was not a short one: rows are read
-    /// cell by cell from then on.
-    long_seen: bool,
+    /// Per column, whether a number of it in an array row was not a short one: the rest of
+    /// the request reads that column with the general reader at once (a column as numpy
+    /// writes it, 16 to 17 digits, would otherwise be tried and refused by the short reader
+    /// in every row). Empty until the first such number; from then on rows are read cell by
+    /// cell.
+    long_columns: Vec<bool>,
     /// Rows read so far.
     n_rows: usize,
 }
@@ -596,7 +606,7 @@ impl<'a> Parser<'a> {
     /// One array row: every feature's number, in schema order.
     fn array_row(&mut self) -> Option<()> {
         self.expect(b'[')?;
-        if !self.long_seen && self.compact_row() {
+        if self.long_columns.is_empty() && self.compact_row() {
             return Some(());
         }
         let s = self.s;
@@ -614,22 +624,25 @@ impl<'a> Parser<'a> {
         let mut compact = true;
         let mut spaced = false;
         let mut last_end = i.wrapping_sub(1);
-        let cells = self.accepts.iter_mut().zip(&mut self.columns).zip(self.row_words.iter_mut());
+        let cells = self.accepts.iter().zip(&mut self.columns).zip(self.row_words.iter_mut());
         for (j, ((check, column), cell)) in cells.enumerate() {
             while let Some(b' ' | b'\n' | b'\r' | b'\t') = s.get(i) {
                 i += 1;
             }
             let end = if j + 1 == n_cols { b']' } else { b',' };
             let start = i;
-            let short = if check.long { None } else { short_at(s, i, end) };
+            let long = self.long_columns.get(j).copied().unwrap_or(false);
+            let short = if long { None } else { short_at(s, i, end) };
             let number = match short {
                 Some((number, end)) => {
                     i = end;
                     number
                 }
                 None => {
-                    check.long = true;
-                    self.long_seen = true;
+                    if self.long_columns.is_empty() {
+                        self.long_columns.resize(n_cols, false);
+                    }
+                    self.long_columns[j] = true;
                     any_number(s, &mut i)?
                 }
             };
@@ -654,8 +667,7 @@ impl<'a> Parser<'a> {
             if let Cells::Rows(rows) = &mut self.cells {
                 // Cell offsets are below 2^27 (else a cell's word is the format marker), so
                 // their ends fit a word.
-                let mark = if spaced { EchoText::SPACED } else { 0 };
-                rows.push([row_start as u32, last_end as u32 | mark]);
+                rows.push(EchoText::row_words(row_start, last_end, spaced));
                 return Some(());
             }
         }
@@ -666,8 +678,8 @@ impl<'a> Parser<'a> {
     }
 
     /// Reads the row at the current position when it is compact and copied whole: every cell
-    /// a short number (see [`short_at`]) followed right away by its separator, and maybe one
-    /// space after a comma (the row is then marked [`EchoText::SPACED`]), valid, with the text the echo
+    /// a short number (see [`short_at`]) followed right away by its separator (and, in a row
+    /// marked [`EchoText::SPACED`], one space after each comma), valid, with the text the echo
     /// writes. Its values are pushed and its span kept; `false` otherwise, with
     /// nothing pushed or read: the caller reads the row cell by cell (and declines the body
     /// when the row is invalid). Only while every row so far was compact: the echo then needs
@@ -711,8 +723,7 @@ impl<'a> Parser<'a> {
         // The row's text ends where its `]` is; offsets below 2^27 fit a word.
         let end = i - 1;
         if pushed == n_cols && end < EchoText::OFFSET_LIMIT {
-            let mark = if spaced { EchoText::SPACED } else { 0 };
-            rows.push([self.i as u32, end as u32 | mark]);
+            rows.push(EchoText::row_words(self.i, end, spaced));
             self.i = i;
             self.n_rows += 1;
             return true;
@@ -1155,10 +1166,6 @@ struct Accept {
     /// The range, `-inf` and `+inf` when the feature has no bound.
     min: f64,
     max: f64,
-    /// A number of this column in an array row was not a short one: the rest of the request
-    /// reads the column with the general reader at once. A column as numpy writes it (16 to
-    /// 17 digits) would otherwise be tried and refused by the short reader in every row.
-    long: bool,
 }
 
 impl Accept {
@@ -1171,7 +1178,6 @@ impl Accept {
             int: feature.dtype == Dtype::Int,
             min: min.unwrap_or(f64::NEG_INFINITY),
             max: max.unwrap_or(f64::INFINITY),
-            long: false,
         }
     }
 
