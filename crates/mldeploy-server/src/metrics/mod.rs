@@ -403,7 +403,8 @@ impl Metrics {
         let f = &self.inner.fam.predictions;
         let tag = u64::from(self.inner.number) << 32;
         let cached = model.predictions.load(Ordering::Relaxed);
-        let entry = if cached != 0 && cached & !0xffff_ffff == tag {
+        // Handles are numbered from 1: an empty cache (0) never matches.
+        let entry = if cached & !0xffff_ffff == tag {
             (cached & 0xffff_ffff) as usize
         } else {
             // A series never moves once made (nor does the overflow series).
